@@ -1,0 +1,40 @@
+"""jaxdiff: denoising diffusion models in JAX, as pure functions compiled once.
+
+The maths (schedules, forward process, losses, samplers) imports only JAX and NumPy; models,
+training, checkpoints and data live in their own modules and are imported on demand.
+"""
+
+from jaxdiff.diffusion import (
+    OBJECTIVES,
+    Prediction,
+    model_predictions,
+    predict_eps_from_v,
+    predict_eps_from_x0,
+    predict_v,
+    predict_x0_from_eps,
+    predict_x0_from_v,
+    q_posterior,
+    q_sample,
+    target_for,
+)
+from jaxdiff.losses import LOSS_TYPES, WEIGHTINGS, diffusion_loss, loss_weights
+from jaxdiff.samplers import (
+    TIMESTEP_SPACINGS,
+    VARIANCES,
+    ddim_coefficients,
+    ddim_sample,
+    ddim_timesteps,
+    ddpm_sample,
+)
+from jaxdiff.schedules import SCHEDULE_KINDS, Schedule, make_schedule, schedule_from_betas
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Imported on first use so that `import jaxdiff` (the maths) needs neither Flax nor Orbax.
+    if name == "load_run":
+        from jaxdiff.experiment import load_run
+
+        return load_run
+    raise AttributeError(f"module 'jaxdiff' has no attribute {name!r}")

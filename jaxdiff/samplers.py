@@ -1,0 +1,306 @@
+"""Reverse-process samplers: ancestral DDPM and (stochastic) DDIM.
+
+Each sampler is one step function and one `lax.scan` over the whole reverse loop, compiled once by
+`jax.jit` per (shape, step count, static options). The model enters as a pytree: a
+`functools.partial(model.apply, params)` is turned into a `jax.tree_util.Partial`, whose function is
+static (hashed: equal Flax modules hit the same cache entry) and whose bound arguments (the
+parameters) are traced. Calling a sampler again with new parameters, a new key, a new eta or a new
+x_T therefore reuses the compiled loop.
+
+A model is `model_fn(x_t, t, **cond) -> output` with t an int32 [B] array; with
+`self_condition=True` it also takes `x_self_cond`, the previous step's x0 estimate (zeros at the
+first step), as in denoising-diffusion-pytorch.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from jaxdiff.diffusion import check_objective, extract, model_predictions, q_posterior
+from jaxdiff.schedules import Schedule
+
+VARIANCES = ("fixed_small", "fixed_large")
+TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
+
+
+class _Method:
+    """A bound method compared by the *value* of its object.
+
+    Python compares bound methods by the identity of `__self__`, so `Unet(...).apply` made twice
+    would be two jit cache keys; Flax modules compare by their fields, and so does this wrapper.
+    """
+
+    def __init__(self, method):
+        self.func, self.obj = method.__func__, method.__self__
+
+    def __call__(self, *args, **kwargs):
+        return self.func(self.obj, *args, **kwargs)
+
+    def __eq__(self, other):
+        return isinstance(other, _Method) and self.func is other.func and self.obj == other.obj
+
+    def __hash__(self):
+        return hash((self.func, self.obj))
+
+
+def _static_callable(func):
+    if inspect.ismethod(func):
+        try:
+            hash(func.__self__)
+        except TypeError:
+            return func
+        return _Method(func)
+    return func
+
+
+def as_pytree_fn(model_fn: Callable[..., Array]) -> jax.tree_util.Partial:
+    """`model_fn` as a `jax.tree_util.Partial`, so jit traces its bound arrays instead of baking
+    them in as constants (and does not recompile when only those arrays change).
+
+    `functools.partial(model.apply, params)` becomes `Partial(model.apply, params)` with the
+    parameters as traced leaves and the (hashable, compared by value) module as static data.
+    """
+    if isinstance(model_fn, jax.tree_util.Partial):
+        return model_fn
+    if isinstance(model_fn, functools.partial):
+        return jax.tree_util.Partial(
+            _static_callable(model_fn.func), *model_fn.args, **model_fn.keywords
+        )
+    if not callable(model_fn):
+        raise ValueError(f"model_fn must be callable, got {type(model_fn).__name__}")
+    return jax.tree_util.Partial(_static_callable(model_fn))
+
+
+def ddim_timesteps(timesteps: int, num_steps: int, spacing: str = "trailing") -> np.ndarray:
+    """The (t, t_next) pairs a DDIM sampler visits, int32 array [num_steps, 2], t descending.
+
+    spacing:
+      "trailing"  t = int(linspace(-1, T - 1, num_steps + 1)) (denoising-diffusion-pytorch; equal
+                  to diffusers' "trailing"): starts at T - 1, ends at -1.
+      "leading"   t = k * (T // num_steps), k = num_steps - 1, ..., 0 (diffusers "leading").
+      "linspace"  t = round(linspace(0, T - 1, num_steps)), descending (diffusers "linspace").
+    Each visited t steps to the next visited t; the last one steps to t_next = -1, where
+    abar = 1 and the sampler returns its x0 prediction. (diffusers' DDIMScheduler instead always
+    steps to t - T // num_steps, which for "linspace" is not the next visited time.)
+    """
+    if spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(
+            f"unknown timestep_spacing={spacing!r}; choose one of {', '.join(TIMESTEP_SPACINGS)}"
+        )
+    check_num_steps(num_steps, timesteps)
+    if spacing == "trailing":
+        # float32 like torch.linspace, then truncation toward zero like torch's .int()
+        times = np.linspace(-1, timesteps - 1, num_steps + 1, dtype=np.float32).astype(np.int64)
+        times = times[::-1]
+    else:
+        if spacing == "leading":
+            times = np.arange(num_steps) * (timesteps // num_steps)
+        else:
+            times = np.round(np.linspace(0, timesteps - 1, num_steps)).astype(np.int64)
+        times = np.concatenate([times[::-1], [-1]])
+    return np.stack([times[:-1], times[1:]], axis=1).astype(np.int32)
+
+
+def check_num_steps(num_steps: int, timesteps: int) -> None:
+    """Raise a ValueError naming `num_steps` unless 1 <= num_steps <= T."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+        raise ValueError(f"num_steps must be an integer, got num_steps={num_steps!r}")
+    if not 1 <= num_steps <= timesteps:
+        raise ValueError(f"num_steps={num_steps} must be in [1, T={timesteps}]")
+
+
+def _check_shape(shape) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(d) for d in shape)
+    except TypeError:
+        raise ValueError(f"shape must be a tuple of ints, got shape={shape!r}") from None
+    if len(shape) < 2 or min(shape) < 1:
+        raise ValueError(f"shape must be [N, ...] with every size >= 1, got shape={shape}")
+    return shape
+
+
+def _check_x_T(x_T, shape):
+    if x_T is None:
+        return None
+    x_T = jnp.asarray(x_T, jnp.float32)
+    if x_T.shape != shape:
+        raise ValueError(f"x_T has shape {x_T.shape}, expected shape={shape}")
+    return x_T
+
+
+def _call_model(model_fn, x, t, cond, x_self_cond):
+    kwargs = dict(cond)
+    if x_self_cond is not None:
+        kwargs["x_self_cond"] = x_self_cond
+    return model_fn(x, jnp.full((x.shape[0],), t, jnp.int32), **kwargs)
+
+
+def _start(key, x_T, shape):
+    key_start, key_loop = jax.random.split(key)
+    if x_T is None:
+        x_T = jax.random.normal(key_start, shape, jnp.float32)
+    return x_T, key_loop
+
+
+def _finish(x, trajectory, x_T, return_trajectory):
+    if not return_trajectory:
+        return x
+    return x, jnp.concatenate([x_T[None], trajectory], axis=0)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("shape", "objective", "clip_x0", "variance", "self_condition",
+                     "return_trajectory"),
+)
+def _ddpm_loop(model_fn, s, key, x_T, cond, *, shape, objective, clip_x0, variance,
+               self_condition, return_trajectory):
+    x_T, key = _start(key, x_T, shape)
+
+    def step(carry, t):
+        x, x0_prev = carry
+        t_batch = jnp.full((shape[0],), t, jnp.int32)
+        output = _call_model(model_fn, x, t, cond, x0_prev if self_condition else None)
+        pred = model_predictions(s, output, x, t_batch, objective, clip_x0)
+        mean, posterior_variance, _ = q_posterior(s, pred.x0, x, t_batch)
+        if variance == "fixed_small":
+            std = jnp.sqrt(posterior_variance)
+        else:
+            std = jnp.sqrt(extract(s.betas, t_batch, x.ndim))
+        noise = jax.random.normal(jax.random.fold_in(key, t), shape, x.dtype)
+        x_prev = mean + jnp.where(t > 0, std, 0.0) * noise
+        return (x_prev, pred.x0), (x_prev if return_trajectory else None)
+
+    times = jnp.arange(s.timesteps - 1, -1, -1, dtype=jnp.int32)
+    (x, _), trajectory = jax.lax.scan(step, (x_T, jnp.zeros_like(x_T)), times)
+    return _finish(x, trajectory, x_T, return_trajectory)
+
+
+def ddpm_sample(
+    model_fn: Callable[..., Array],
+    s: Schedule,
+    *,
+    key: Array,
+    shape,
+    objective: str = "pred_noise",
+    clip_x0: bool = True,
+    variance: str = "fixed_small",
+    x_T: Array | None = None,
+    return_trajectory: bool = False,
+    self_condition: bool = False,
+    cond: Mapping[str, Array] | None = None,
+):
+    """Ancestral sampling of Ho et al. 2020 (algorithm 2) over all T steps.
+
+    x_{t-1} = mu(x_t, x0_hat) + sigma_t z, z ~ N(0, I), with mu the posterior mean of
+    `q_posterior` evaluated at the model's x0 estimate, sigma_t^2 the posterior variance
+    ("fixed_small") or beta_t ("fixed_large"), and no noise at t = 0.
+
+    Returns samples of `shape`, or (samples, trajectory) with trajectory [T + 1, *shape] holding
+    x_T, x_{T-1}, ..., x_0 when `return_trajectory`. `cond` holds extra model inputs (e.g.
+    class labels) passed as keywords to `model_fn`.
+    """
+    check_objective(objective)
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance={variance!r}; choose one of {', '.join(VARIANCES)}")
+    shape = _check_shape(shape)
+    return _ddpm_loop(
+        as_pytree_fn(model_fn), s, key, _check_x_T(x_T, shape), dict(cond or {}), shape=shape,
+        objective=objective,
+        clip_x0=bool(clip_x0), variance=variance, self_condition=bool(self_condition),
+        return_trajectory=bool(return_trajectory),
+    )
+
+
+def ddim_coefficients(alpha_cumprod: Array, alpha_cumprod_next: Array, eta) -> tuple[Array, Array]:
+    """sigma and the eps coefficient of one DDIM step from abar to abar_next (Song et al. 2021).
+
+    sigma = eta sqrt((1 - abar_next) / (1 - abar)) sqrt(1 - abar / abar_next)   (eq. 16)
+    c     = sqrt(1 - abar_next - sigma^2)                                        (eq. 12)
+    so x_next = sqrt(abar_next) x0_hat + c eps_hat + sigma z.
+    """
+    sigma = eta * jnp.sqrt(
+        (1.0 - alpha_cumprod_next) / (1.0 - alpha_cumprod) * (1.0 - alpha_cumprod / alpha_cumprod_next)
+    )
+    coefficient = jnp.sqrt(jnp.maximum(1.0 - alpha_cumprod_next - sigma**2, 0.0))
+    return sigma, coefficient
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("shape", "num_steps", "objective", "clip_x0", "timestep_spacing",
+                     "self_condition", "return_trajectory"),
+)
+def _ddim_loop(model_fn, s, key, x_T, cond, eta, *, shape, num_steps, objective, clip_x0,
+               timestep_spacing, self_condition, return_trajectory):
+    x_T, key = _start(key, x_T, shape)
+    pairs = jnp.asarray(ddim_timesteps(s.timesteps, num_steps, timestep_spacing))
+    alphas_cumprod = jnp.asarray(s.alphas_cumprod)
+
+    def step(carry, pair):
+        x, x0_prev = carry
+        t, t_next = pair[0], pair[1]
+        t_batch = jnp.full((shape[0],), t, jnp.int32)
+        output = _call_model(model_fn, x, t, cond, x0_prev if self_condition else None)
+        pred = model_predictions(s, output, x, t_batch, objective, clip_x0)
+        alpha_cumprod = alphas_cumprod[t]
+        alpha_cumprod_next = jnp.where(t_next >= 0, alphas_cumprod[jnp.maximum(t_next, 0)], 1.0)
+        sigma, coefficient = ddim_coefficients(alpha_cumprod, alpha_cumprod_next, eta)
+        noise = jax.random.normal(jax.random.fold_in(key, t), shape, x.dtype)
+        x_next = jnp.sqrt(alpha_cumprod_next) * pred.x0 + coefficient * pred.eps + sigma * noise
+        return (x_next, pred.x0), (x_next if return_trajectory else None)
+
+    (x, _), trajectory = jax.lax.scan(step, (x_T, jnp.zeros_like(x_T)), pairs)
+    return _finish(x, trajectory, x_T, return_trajectory)
+
+
+def ddim_sample(
+    model_fn: Callable[..., Array],
+    s: Schedule,
+    *,
+    key: Array,
+    shape,
+    num_steps: int = 50,
+    eta: float = 0.0,
+    objective: str = "pred_noise",
+    clip_x0: bool = True,
+    timestep_spacing: str = "trailing",
+    x_T: Array | None = None,
+    return_trajectory: bool = False,
+    self_condition: bool = False,
+    cond: Mapping[str, Array] | None = None,
+):
+    """DDIM sampling (Song et al. 2021, eq. 12) on `num_steps` of the T training times.
+
+    x_next = sqrt(abar_next) x0_hat + sqrt(1 - abar_next - sigma^2) eps_hat + sigma z, with
+    sigma from eq. 16 scaled by `eta`: eta = 0 is the deterministic DDIM, eta = 1 with
+    num_steps = T is ancestral DDPM with the posterior variance. The last step goes to
+    abar = 1 and returns x0_hat. `eta` is traced: changing it does not recompile.
+
+    Returns samples of `shape`, or (samples, trajectory [num_steps + 1, *shape]) with
+    `return_trajectory`. See `ddim_timesteps` for `timestep_spacing`.
+    """
+    check_objective(objective)
+    check_num_steps(num_steps, s.timesteps)
+    if timestep_spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(
+            f"unknown timestep_spacing={timestep_spacing!r}; "
+            f"choose one of {', '.join(TIMESTEP_SPACINGS)}"
+        )
+    if isinstance(eta, (int, float)) and eta < 0:
+        raise ValueError(f"eta must be >= 0, got eta={eta}")
+    shape = _check_shape(shape)
+    return _ddim_loop(
+        as_pytree_fn(model_fn), s, key, _check_x_T(x_T, shape), dict(cond or {}),
+        jnp.asarray(eta, jnp.float32), shape=shape,
+        num_steps=int(num_steps), objective=objective, clip_x0=bool(clip_x0),
+        timestep_spacing=timestep_spacing, self_condition=bool(self_condition),
+        return_trajectory=bool(return_trajectory),
+    )

@@ -1,0 +1,139 @@
+"""Train state, optimiser, EMA and the jitted train step.
+
+The state is a pytree of arrays only (step, params, EMA params, optimiser state, base RNG key
+data), so Orbax saves and restores it as is; the model, the optimiser's update function and the
+schedule stay outside it. Randomness per step is `fold_in(base_key, step)`: a resumed run draws
+exactly the noise the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax import Array
+
+from jaxdiff.losses import diffusion_loss
+from jaxdiff.schedules import Schedule
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything that changes during training, as arrays."""
+
+    step: Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    rng: Array  # raw uint32 key data (`jax.random.key_data`), storable by Orbax
+
+
+def make_optimizer(
+    learning_rate: float,
+    *,
+    warmup_steps: int = 0,
+    total_steps: int | None = None,
+    decay: str = "constant",
+    b1: float = 0.9,
+    b2: float = 0.999,
+    weight_decay: float = 0.0,
+    grad_clip: float = 1.0,
+) -> optax.GradientTransformation:
+    """AdamW (Loshchilov & Hutter 2019) with linear warm-up, optional cosine decay, and clipping
+    of the global gradient norm to `grad_clip` (0 disables clipping)."""
+    if decay == "cosine":
+        if not total_steps:
+            raise ValueError("cosine learning-rate decay needs total_steps")
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, learning_rate, max(warmup_steps, 1), max(total_steps, warmup_steps + 1)
+        )
+    elif decay == "constant":
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1)),
+             optax.constant_schedule(learning_rate)],
+            [max(warmup_steps, 1)],
+        )
+    else:
+        raise ValueError(f"unknown optim.decay={decay!r}; choose constant or cosine")
+    parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
+    parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
+    return optax.chain(*parts)
+
+
+def ema_decay_at(step: Array, decay: float, warmup: bool) -> Array:
+    """EMA decay at `step`; with warm-up min(decay, (1 + step) / (10 + step)) (the
+    `num_updates` rule of tf.train.ExponentialMovingAverage), so early averages are not dominated
+    by the random initialisation."""
+    if not warmup:
+        return jnp.asarray(decay, jnp.float32)
+    step = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def ema_update(ema_params, params, decay: Array):
+    """ema <- decay * ema + (1 - decay) * params."""
+    return jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), ema_params, params)
+
+
+def create_train_state(params, optimizer: optax.GradientTransformation, key: Array) -> TrainState:
+    """A fresh state at step 0 whose EMA starts at the initial parameters."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        ema_params=jax.tree.map(jnp.copy, params),
+        opt_state=optimizer.init(params),
+        rng=jax.random.key_data(key),
+    )
+
+
+def step_key(state: TrainState) -> Array:
+    """The key of the current step: fold_in(base key, step)."""
+    return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, Array],
+    *,
+    apply_fn: Callable[..., Array],
+    optimizer: optax.GradientTransformation,
+    schedule: Schedule,
+    loss_kwargs: dict[str, Any],
+    ema_decay: float,
+    ema_warmup: bool,
+) -> tuple[TrainState, dict[str, Array]]:
+    """One optimiser step on `batch["x"]` (plus `batch["labels"]` for conditional models)."""
+    key_loss, key_dropout = jax.random.split(step_key(state))
+    cond = {name: value for name, value in batch.items() if name != "x"}
+
+    def loss_fn(params):
+        model_fn = functools.partial(apply_fn, params, train=True, rngs={"dropout": key_dropout})
+        loss, per_example = diffusion_loss(model_fn, schedule, batch["x"], key_loss, cond=cond,
+                                           **loss_kwargs)
+        return loss, per_example
+
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay_at(state.step, ema_decay, ema_warmup)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=params,
+        ema_params=ema_update(state.ema_params, params, decay),
+        opt_state=opt_state,
+    )
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return new_state, metrics
+
+
+def make_train_step(apply_fn, optimizer, schedule: Schedule, *, loss_kwargs: dict[str, Any],
+                    ema_decay: float, ema_warmup: bool = True):
+    """`train_step` with everything but (state, batch) bound, jitted with the state donated."""
+    step = functools.partial(
+        train_step, apply_fn=apply_fn, optimizer=optimizer, schedule=schedule,
+        loss_kwargs=dict(loss_kwargs), ema_decay=ema_decay, ema_warmup=ema_warmup,
+    )
+    return jax.jit(step, donate_argnums=0)
