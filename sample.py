@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 from absl import app, flags
+from absl import logging as absl_logging
 
 from jaxdiff import plotting
 from jaxdiff.experiment import SAMPLERS, ConfigError, load_run
@@ -44,6 +45,7 @@ def check_flags(run) -> None:
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         run = load_run(_WORKDIR.value, step=_STEP.value)
         check_flags(run)

@@ -9,6 +9,7 @@ import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jaxdiff.experiment import ConfigError
@@ -22,6 +23,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/toy", "Directory for checkpoints
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
     logging.getLogger("jaxdiff").setLevel(logging.INFO)
     try:
         report = train_and_evaluate(_CONFIG.value, _WORKDIR.value)

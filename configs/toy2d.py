@@ -21,8 +21,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "mlp"
-    config.model.hidden = 256
-    config.model.depth = 4
+    config.model.hidden = 128
+    config.model.depth = 3
     config.model.time_dim = 64
     config.model.dropout = 0.0
     config.model.num_classes = 0
@@ -46,8 +46,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.optim.grad_clip = 1.0
 
     config.train = ml_collections.ConfigDict()
-    config.train.steps = 20_000
-    config.train.batch_size = 1024
+    config.train.steps = 10_000
+    config.train.batch_size = 512
     config.train.log_every = 200
     config.train.checkpoint_every = 5_000
     config.train.keep_checkpoints = 3

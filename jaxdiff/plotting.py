@@ -57,9 +57,11 @@ def plot_points(points: np.ndarray, path: str, title: str = "samples") -> str:
 
 
 def plot_trajectory(trajectory: np.ndarray, path: str, num_frames: int = 8) -> str:
-    """x_t along the reverse process [S, N, D]: evenly spaced frames from noise to samples."""
+    """x_t along the reverse process [S, N, D], from noise to samples; frames are denser near
+    the end, where the structure appears."""
     trajectory = np.asarray(trajectory)
-    frames = np.unique(np.linspace(0, len(trajectory) - 1, num_frames).round().astype(int))
+    fractions = 1.0 - (1.0 - np.linspace(0.0, 1.0, num_frames)) ** 2
+    frames = np.unique(np.round(fractions * (len(trajectory) - 1)).astype(int))
     panels = [(f"step {i}/{len(trajectory) - 1}", trajectory[i]) for i in frames]
     return _scatter_row(panels, path, _limits(trajectory[0], trajectory[-1]))
 

@@ -83,7 +83,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointer = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
     if checkpointer.latest_step() is not None:
         state = checkpointer.restore(state)
-        log.info("resumed from step %d", int(state.step))
+        print(f"resuming {workdir} from step {int(state.step)}", flush=True)
     train_step = make_train_step(
         model.apply, optimizer, schedule, loss_kwargs=experiment.loss_kwargs(config),
         ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
