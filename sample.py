@@ -58,9 +58,18 @@ def main(argv) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     np.savez(_OUT.value, samples=samples)
     stem = os.path.splitext(_OUT.value)[0]
-    plotting.plot_points(samples, f"{stem}.png", title=f"samples (step {run.step})")
-    if trajectory is not None:
-        plotting.plot_trajectory(run.standardizer.inverse(trajectory), f"{stem}_trajectory.png")
+    if run.standardizer is None:  # images, uint8
+        plotting.save_image_grid(samples, f"{stem}.png")
+        if trajectory is not None:
+            plotting.save_trajectory_gif(trajectory[:, :16], f"{stem}_trajectory.gif")
+            frames = np.linspace(0, len(trajectory) - 1, 10).round().astype(int)
+            strip = trajectory[frames, :10].transpose(1, 0, 2, 3, 4)
+            plotting.save_image_grid(strip.reshape((-1,) + samples.shape[1:]),
+                                     f"{stem}_trajectory.png", nrow=len(frames))
+    else:
+        plotting.plot_points(samples, f"{stem}.png", title=f"samples (step {run.step})")
+        if trajectory is not None:
+            plotting.plot_trajectory(trajectory, f"{stem}_trajectory.png")
     print(f"wrote {len(samples)} samples of shape {samples.shape[1:]} (step {run.step}) to {_OUT.value}")
 
 

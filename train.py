@@ -34,12 +34,22 @@ def main(argv) -> None:
 
 
 def format_report(report: dict) -> str:
-    return (
-        f"step {report['step']}: sliced Wasserstein {report['swd']:.4f} "
-        f"(fresh-vs-fresh floor {report['swd_floor']:.4f}, ratio {report['swd'] / report['swd_floor']:.2f}); "
-        f"energy distance {report['energy']:.5f} (floor {report['energy_floor']:.5f}); "
-        f"{report['num_samples']} samples by {report['sampler']} in {report['sample_seconds']:.1f} s"
-    )
+    """One line: the sample-quality figures next to their fresh-data floors."""
+    if "swd" in report:
+        quality = (
+            f"sliced Wasserstein {report['swd']:.4f} (fresh-vs-fresh floor "
+            f"{report['swd_floor']:.4f}, ratio {report['swd'] / report['swd_floor']:.2f}); "
+            f"precision {report['precision']:.3f} (floor {report['precision_floor']:.3f}), "
+            f"recall {report['recall']:.3f} (floor {report['recall_floor']:.3f})")
+    elif "digits_fd" in report:
+        quality = (f"digits-classifier Fréchet distance {report['digits_fd']:.3f} "
+                   f"(train-vs-test floor {report['digits_fd_floor']:.3f})")
+        if "class_accuracy" in report:
+            quality += f"; class accuracy {report['class_accuracy']:.3f}"
+    else:
+        quality = "samples written"
+    return (f"step {report['step']}: {quality}; {report['num_samples']} samples by "
+            f"{report['sampler']} in {report['sample_seconds']:.1f} s")
 
 
 if __name__ == "__main__":

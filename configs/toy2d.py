@@ -24,6 +24,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.hidden = 128
     config.model.depth = 3
     config.model.time_dim = 64
+    config.model.fourier_features = 4  # sin/cos(2^k pi x) input features, k < this
     config.model.dropout = 0.0
     config.model.num_classes = 0
     config.model.self_condition = False

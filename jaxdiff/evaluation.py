@@ -46,12 +46,50 @@ def energy_distance(x, y) -> float:
                  - _mean_distance(y, y, True))
 
 
+def _kth_neighbour_radius(x: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
+    radii = np.empty(len(x))
+    for start in range(0, len(x), block):
+        part = x[start:start + block]
+        squared = np.sum(part**2, 1)[:, None] + np.sum(x**2, 1)[None, :] - 2.0 * part @ x.T
+        # index k, not k - 1: the nearest "neighbour" of each point is itself
+        radii[start:start + block] = np.sqrt(np.maximum(np.partition(squared, k, axis=1)[:, k], 0))
+    return radii
+
+
+def _coverage(points: np.ndarray, reference: np.ndarray, radii: np.ndarray,
+              block: int = 1024) -> float:
+    inside = 0
+    for start in range(0, len(points), block):
+        part = points[start:start + block]
+        squared = (np.sum(part**2, 1)[:, None] + np.sum(reference**2, 1)[None, :]
+                   - 2.0 * part @ reference.T)
+        inside += int((squared <= radii[None, :] ** 2).any(axis=1).sum())
+    return inside / len(points)
+
+
+def precision_recall(samples, data, *, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019): the data manifold is the union
+    of balls around each data point reaching its k-th nearest data neighbour; precision is the
+    fraction of samples inside it, recall the fraction of data inside the samples' manifold.
+    Unlike sliced distances, precision drops at once when samples blur across empty space."""
+    samples, data = np.asarray(samples, np.float64), np.asarray(data, np.float64)
+    precision = _coverage(samples, data, _kth_neighbour_radius(data, k))
+    recall = _coverage(data, samples, _kth_neighbour_radius(samples, k))
+    return precision, recall
+
+
 def point_quality_report(samples, fresh_a, fresh_b, *, seed: int = 0) -> dict[str, float]:
     """Distances from `samples` to fresh data `fresh_a`, next to the floor: the same distance
     between two independent fresh draws `fresh_a` and `fresh_b` of the same size."""
+    precision, recall = precision_recall(samples, fresh_a)
+    precision_floor, recall_floor = precision_recall(fresh_b, fresh_a)
     return {
         "swd": sliced_wasserstein(samples, fresh_a, seed=seed),
         "swd_floor": sliced_wasserstein(fresh_b, fresh_a, seed=seed),
         "energy": energy_distance(samples, fresh_a),
         "energy_floor": energy_distance(fresh_b, fresh_a),
+        "precision": precision,
+        "precision_floor": precision_floor,
+        "recall": recall,
+        "recall_floor": recall_floor,
     }

@@ -90,3 +90,18 @@ def save_image_grid(images: np.ndarray, path: str, nrow: int | None = None) -> s
     grid = image_grid(images, nrow)
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
     return path
+
+
+def save_trajectory_gif(trajectory: np.ndarray, path: str, num_frames: int = 40,
+                        duration_ms: int = 80) -> str:
+    """An animated GIF of image grids along the reverse process, trajectory [S, N, H, W, C]."""
+    from PIL import Image
+
+    trajectory = np.asarray(trajectory)
+    indices = np.unique(np.linspace(0, len(trajectory) - 1, num_frames).round().astype(int))
+    frames = []
+    for index in indices:
+        grid = image_grid(trajectory[index])
+        frames.append(Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid))
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
+    return path

@@ -4,7 +4,8 @@ import numpy as np
 from scipy.stats import norm
 
 from jaxdiff import plotting
-from jaxdiff.evaluation import energy_distance, point_quality_report, sliced_wasserstein
+from jaxdiff.evaluation import (energy_distance, point_quality_report, precision_recall,
+                                sliced_wasserstein)
 
 
 def test_sliced_wasserstein_closed_forms():
@@ -40,8 +41,22 @@ def test_report_floor_below_shifted_samples():
     rng = np.random.default_rng(2)
     a, b = rng.normal(size=(2000, 2)), rng.normal(size=(2000, 2))
     report = point_quality_report(a + 0.5, a, b)
-    assert set(report) == {"swd", "swd_floor", "energy", "energy_floor"}
+    assert set(report) == {"swd", "swd_floor", "energy", "energy_floor", "precision",
+                           "precision_floor", "recall", "recall_floor"}
     assert report["swd"] > 3 * report["swd_floor"] and report["energy"] > report["energy_floor"]
+
+
+def test_precision_recall():
+    rng = np.random.default_rng(4)
+    data = rng.uniform(0, 1, size=(3000, 2))  # the unit square
+    # samples half inside the square, half far away: precision ~ 0.5, recall ~ 1
+    samples = np.concatenate([rng.uniform(0, 1, size=(1500, 2)),
+                              rng.uniform(5, 6, size=(1500, 2))])
+    precision, recall = precision_recall(samples, data)
+    assert abs(precision - 0.5) < 0.03 and recall > 0.95  # edges of the square: not quite 1
+    # samples covering only the left half: precision ~ 1, recall ~ 0.5
+    precision, recall = precision_recall(rng.uniform(0, [0.5, 1], size=(3000, 2)), data)
+    assert precision > 0.95 and abs(recall - 0.5) < 0.05
 
 
 def test_plots_write_pngs(tmp_path):

@@ -31,8 +31,9 @@ def linear_alphas_cumprod(timesteps):
 
 def oracle_x0(x_t, t, *, sqrt_abar, sqrt_one_minus):
     a = sqrt_abar[t][:, None]
-    gain = a * SD**2 / (a**2 * SD**2 + sqrt_one_minus[t][:, None] ** 2)
-    return MU + gain * (x_t - a * MU)
+    mu, var = MU[None, :], SD[None, :] ** 2  # explicit ranks: tests run with rank promotion off
+    gain = a * var / (a**2 * var + sqrt_one_minus[t][:, None] ** 2)
+    return mu + gain * (x_t - a * mu)
 
 
 def oracle_model(objective, timesteps=T):
