@@ -1,5 +1,9 @@
-"""Pictures: scatter plots of point data (first two dimensions) and image grids, as PNG files.
-Uses matplotlib's object API with the Agg canvas, so no display is needed."""
+"""Pictures as PNG files: scatter plots of point data and grids of images.
+
+Point data [N, D] is drawn in its first two dimensions only, so arrays with D > 2 still plot
+(D = 1 is drawn against y = 0). Figures use matplotlib's object API with the Agg canvas, so
+nothing touches pyplot's global state or needs a display. Each function returns its path.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-_STYLE = dict(s=1, color="#45b97c", alpha=0.6)
+_STYLE = dict(s=1, color="#45b97c", alpha=0.6)  # seed 001's small green dots
+
+Limits = tuple[tuple[float, float], tuple[float, float]]
 
 
 def _save(figure: Figure, path: str) -> str:
@@ -16,23 +22,42 @@ def _save(figure: Figure, path: str) -> str:
     return path
 
 
-def _limits(*sets: np.ndarray):
-    points = np.concatenate([np.asarray(s)[:, :2] for s in sets])
+def _xy(points: np.ndarray, name: str = "points") -> np.ndarray:
+    """The first two columns of points [N, D] as [N, 2]; D = 1 gets a zero second column."""
+    points = np.asarray(points, np.float64)
+    if points.ndim != 2 or points.shape[1] < 1:
+        raise ValueError(f"{name}.shape={points.shape} is invalid; expected [N, D]")
+    if points.shape[1] == 1:
+        return np.concatenate([points, np.zeros_like(points)], axis=1)
+    return points[:, :2]
+
+
+def _limits(*sets: np.ndarray) -> Limits:
+    """Axis limits holding the central 99% of the finite points of all sets, plus a margin;
+    percentiles rather than extremes so a few stray samples do not shrink the picture, and
+    finite points only so a diverged sampler still plots."""
+    points = np.concatenate([_xy(s) for s in sets])
+    points = points[np.isfinite(points).all(axis=1)]
+    if len(points) == 0:
+        return (-1.0, 1.0), (-1.0, 1.0)
     low, high = np.percentile(points, 0.5, axis=0), np.percentile(points, 99.5, axis=0)
     pad = 0.1 * (high - low) + 1e-6
     return (low[0] - pad[0], high[0] + pad[0]), (low[1] - pad[1], high[1] + pad[1])
 
 
-def _scatter_row(panels: list[tuple[str, np.ndarray]], path: str, limits=None) -> str:
+def _scatter_row(panels: list[tuple[str, np.ndarray]], path: str,
+                 limits: Limits | None = None) -> str:
+    """One row of scatter plots, titled, equal aspect, axes off."""
+    if not panels:
+        raise ValueError("nothing to plot: the list of panels is empty")
     figure = Figure(figsize=(3 * len(panels), 3))
     for index, (title, points) in enumerate(panels):
         axis = figure.add_subplot(1, len(panels), index + 1)
-        points = np.asarray(points)
-        axis.scatter(points[:, 0], points[:, 1] if points.shape[1] > 1 else np.zeros(len(points)),
-                     **_STYLE)
-        if limits is not None:
-            axis.set_xlim(*limits[0])
-            axis.set_ylim(*limits[1])
+        points = _xy(points)
+        axis.scatter(points[:, 0], points[:, 1], **_STYLE)
+        x_limits, y_limits = _limits(points) if limits is None else limits
+        axis.set_xlim(*x_limits)
+        axis.set_ylim(*y_limits)
         axis.set_title(title)
         axis.set_aspect("equal", adjustable="box")
         axis.set_axis_off()
@@ -40,13 +65,15 @@ def _scatter_row(panels: list[tuple[str, np.ndarray]], path: str, limits=None) -
 
 
 def plot_forward_process(points_by_t: dict[int, np.ndarray], path: str) -> str:
-    """x_t of the forward process at several t, one panel each (as seed 001 shows it)."""
+    """x_t of the forward process at several t, one panel each titled "t = ...", in increasing
+    t (as seed 001 shows it); each panel has its own limits, so the spreading shows in scale."""
     return _scatter_row([(f"t = {t}", x) for t, x in sorted(points_by_t.items())], path)
 
 
 def plot_samples_vs_data(samples: np.ndarray, data: np.ndarray, path: str,
                          title: str | None = None) -> str:
-    """Data and generated samples side by side on the same axes."""
+    """Data (left) and generated samples (right, titled `title` or "samples") side by side
+    with the same axis limits."""
     panels = [("data", data), (title or "samples", samples)]
     return _scatter_row(panels, path, _limits(data, samples))
 
@@ -57,24 +84,37 @@ def plot_points(points: np.ndarray, path: str, title: str = "samples") -> str:
 
 
 def plot_trajectory(trajectory: np.ndarray, path: str, num_frames: int = 8) -> str:
-    """x_t along the reverse process [S, N, D], from noise to samples; frames are denser near
-    the end, where the structure appears."""
+    """x_t along the reverse process, trajectory [S, N, D] from pure noise (index 0) to the
+    samples (index S - 1): `num_frames` panels at evenly spaced indices, both ends included,
+    sharing the axis limits of the noise and the samples."""
     trajectory = np.asarray(trajectory)
-    fractions = 1.0 - (1.0 - np.linspace(0.0, 1.0, num_frames)) ** 2
-    frames = np.unique(np.round(fractions * (len(trajectory) - 1)).astype(int))
-    panels = [(f"step {i}/{len(trajectory) - 1}", trajectory[i]) for i in frames]
+    if trajectory.ndim != 3 or len(trajectory) < 1:
+        raise ValueError(f"trajectory.shape={trajectory.shape} is invalid; expected [S, N, D]")
+    if num_frames < 1:
+        raise ValueError(f"num_frames={num_frames} is invalid; need >= 1")
+    last = len(trajectory) - 1
+    frames = np.unique(np.round(np.linspace(0, last, num_frames)).astype(int))
+    names = {0: "noise", last: "samples"}
+    panels = [(f"{names.get(i, 'step')} {i}/{last}", trajectory[i]) for i in frames]
     return _scatter_row(panels, path, _limits(trajectory[0], trajectory[-1]))
 
 
 def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.ndarray:
-    """Tile images [N, H, W, C] (uint8, or float in [0, 1]) into one uint8 image."""
+    """Tile images [N, H, W, C] (uint8, or float in [0, 1], clipped) into one uint8 image
+    [rows (H + pad) + pad, nrow (W + pad) + pad, C] on white: `nrow` images per row
+    (torchvision's convention; default ceil(sqrt(N))), filled row by row."""
     images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) < 1:
+        raise ValueError(f"images.shape={images.shape} is invalid; expected [N, H, W, C] with "
+                         f"C = 1 or 3")
     if images.dtype != np.uint8:
-        images = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+        images = np.clip(np.round(np.nan_to_num(images) * 255.0), 0, 255).astype(np.uint8)
     count, height, width, channels = images.shape
-    nrow = nrow or int(np.ceil(np.sqrt(count)))
-    ncol = int(np.ceil(count / nrow))
-    grid = np.full((ncol * (height + pad) + pad, nrow * (width + pad) + pad, channels), 255,
+    nrow = int(np.ceil(np.sqrt(count))) if nrow is None else int(nrow)
+    if nrow < 1:
+        raise ValueError(f"nrow={nrow} is invalid; need >= 1")
+    rows = -(-count // nrow)
+    grid = np.full((rows * (height + pad) + pad, nrow * (width + pad) + pad, channels), 255,
                    np.uint8)
     for index, image in enumerate(images):
         row, column = divmod(index, nrow)
@@ -84,7 +124,7 @@ def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.
 
 
 def save_image_grid(images: np.ndarray, path: str, nrow: int | None = None) -> str:
-    """Write `image_grid(images, nrow)` as a PNG."""
+    """Write `image_grid(images, nrow)` as a PNG (grey for C = 1, RGB for C = 3) with PIL."""
     from PIL import Image
 
     grid = image_grid(images, nrow)

@@ -294,7 +294,7 @@ def ddim_sample(
             f"unknown timestep_spacing={timestep_spacing!r}; "
             f"choose one of {', '.join(TIMESTEP_SPACINGS)}"
         )
-    if isinstance(eta, (int, float)) and eta < 0:
+    if not isinstance(eta, jax.core.Tracer) and np.any(np.asarray(eta) < 0):
         raise ValueError(f"eta must be >= 0, got eta={eta}")
     shape = _check_shape(shape)
     return _ddim_loop(

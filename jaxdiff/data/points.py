@@ -1,5 +1,6 @@
-"""Point data for training: a toy set or a user's array, standardised, batches as a pure
-function of the step (so a resumed run sees exactly the batches of an uninterrupted one)."""
+"""Point data for training: a toy set or a user's array, standardised, with each batch a pure
+function of (seed, step, batch_size), so that a run resumed at step k sees exactly the batches
+of an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -9,102 +10,146 @@ import json
 import numpy as np
 
 from jaxdiff.data.arrays import load_array
-from jaxdiff.data.toy2d import sample_toy2d
+from jaxdiff.data.toy2d import check_toy2d_name, sample_toy2d
+
+# Second words of the rng seeds [seed, word] for the standardiser's fit draw and for `fresh`.
+# Training batches use [seed, step]; these sit at the top of the int32 range so that no
+# realistic step collides with them. (SeedSequence pads short entropy with zeros, so a longer
+# key such as [seed, step, 1] would not be a safe way to tell the streams apart.)
+_FIT_STREAM = 2**31 - 1
+_FRESH_STREAM = 2**31 - 2
+_MIN_STD = 1e-6
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: == on array fields is ambiguous
 class Standardizer:
-    """Per-dimension affine map to zero mean and unit variance: z = (x - mean) / std."""
+    """Per-dimension affine map to zero mean and unit variance, z = (x - mean) / std, with
+    mean [D] and std [D] in float64 (the fit statistics; the maps return float32)."""
 
     mean: np.ndarray
     std: np.ndarray
 
     @classmethod
     def fit(cls, x: np.ndarray) -> "Standardizer":
+        """Sample mean and (population) std of x [N, D]; std is floored at 1e-6 so that a
+        constant column maps to 0 instead of dividing by zero."""
         x = np.asarray(x, np.float64)
-        # a constant column keeps std 1e-6 instead of dividing by zero
-        return cls(mean=x.mean(axis=0), std=np.maximum(x.std(axis=0), 1e-6))
+        if x.ndim != 2 or len(x) < 1:
+            raise ValueError(f"x.shape={x.shape} cannot be standardised; expected [N, D]")
+        return cls(mean=x.mean(axis=0), std=np.maximum(x.std(axis=0), _MIN_STD))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
+        """z = (x - mean) / std as float32."""
         return ((np.asarray(x, np.float64) - self.mean) / self.std).astype(np.float32)
 
     def inverse(self, z: np.ndarray) -> np.ndarray:
+        """x = z * std + mean as float32."""
         return (np.asarray(z, np.float64) * self.std + self.mean).astype(np.float32)
 
-    def to_dict(self) -> dict:
-        return {"mean": np.asarray(self.mean).tolist(), "std": np.asarray(self.std).tolist()}
+    def to_dict(self) -> dict[str, list[float]]:
+        """JSON-serialisable {"mean": [...], "std": [...]} (float64 values round-trip exactly)."""
+        return {"mean": np.asarray(self.mean, np.float64).tolist(),
+                "std": np.asarray(self.std, np.float64).tolist()}
 
     @classmethod
     def from_dict(cls, payload: dict) -> "Standardizer":
-        return cls(mean=np.asarray(payload["mean"], np.float64),
-                   std=np.asarray(payload["std"], np.float64))
+        """Inverse of `to_dict`."""
+        mean = np.asarray(payload["mean"], np.float64)
+        std = np.asarray(payload["std"], np.float64)
+        if mean.ndim != 1 or mean.shape != std.shape or not (std > 0).all():
+            raise ValueError(f"standardizer mean {mean.shape} and std {std.shape} must be two "
+                             f"[D] lists with std > 0")
+        return cls(mean=mean, std=std)
 
     def save(self, path: str) -> None:
+        """Write `to_dict()` as JSON."""
         with open(path, "w") as handle:
             json.dump(self.to_dict(), handle)
 
     @classmethod
     def load(cls, path: str) -> "Standardizer":
+        """Read a file written by `save`."""
         with open(path) as handle:
             return cls.from_dict(json.load(handle))
 
 
+def _check_count(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r} is invalid; need an integer >= {minimum}")
+    return int(value)
+
+
 class PointSource:
-    """Batches of standardised points [B, D]: fresh toy draws per step, or shuffled epochs of an
-    array (the permutation of epoch e comes from default_rng([seed, e]))."""
+    """Standardised training batches [B, D] and data-space evaluation draws for one data set.
+
+    Toy sets draw fresh points for every step from default_rng([seed, step]). An array is read
+    in shuffled epochs: epoch e is the permutation default_rng([seed, e]).permutation(N), and
+    batch k holds the examples at global positions k B ... (k + 1) B - 1 of the concatenated
+    epochs, so every example appears exactly once per epoch and a batch may straddle two.
+    Build it with `make_point_source`.
+    """
 
     def __init__(self, name: str, *, array: np.ndarray | None, noise: float | None, seed: int,
                  num_fit: int):
-        self.name, self.noise, self.seed = name, noise, seed
+        self.name = name
+        self.noise = noise
+        self.seed = seed
         self.array = array
-        fit_data = array if array is not None else self._toy(num_fit, [seed, 2**31 - 1])
-        self.dim = fit_data.shape[1]
+        fit_data = array if array is not None else self._toy(num_fit, [seed, _FIT_STREAM])
+        self.dim: int = fit_data.shape[1]
         self.standardizer = Standardizer.fit(fit_data)
-        self._epoch, self._permutation = -1, None
+        # epoch -> permutation; holds at most two, enough for a batch straddling an epoch edge.
+        self._permutations: dict[int, np.ndarray] = {}
 
-    def _toy(self, n: int, seed) -> np.ndarray:
+    def _toy(self, n: int, seed: list[int]) -> np.ndarray:
         return sample_toy2d(self.name, n, np.random.default_rng(seed), self.noise)
 
     def _epoch_permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._epoch:
+        if epoch not in self._permutations:
+            if len(self._permutations) >= 2:
+                self._permutations.pop(min(self._permutations))
             rng = np.random.default_rng([self.seed, epoch])
-            self._epoch, self._permutation = epoch, rng.permutation(len(self.array))
-        return self._permutation
+            self._permutations[epoch] = rng.permutation(len(self.array))
+        return self._permutations[epoch]
 
     def batch(self, step: int, batch_size: int) -> np.ndarray:
-        """Standardised float32 [batch_size, D] for training step `step`."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-                or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r} must be an integer >= 1")
+        """Standardised float32 [batch_size, D] for training step `step` (a pure function of
+        seed, step and batch_size)."""
+        step = _check_count("step", step, 0)
+        batch_size = _check_count("batch_size", batch_size, 1)
         if self.array is None:
-            points = self._toy(batch_size, [self.seed, step])
-        else:
-            count = len(self.array)
-            positions = step * batch_size + np.arange(batch_size)
-            epochs, offsets = np.divmod(positions, count)
-            indices = np.empty(batch_size, np.int64)
-            for epoch in np.unique(epochs):
-                where = epochs == epoch
-                indices[where] = self._epoch_permutation(int(epoch))[offsets[where]]
-            points = self.array[indices]
-        return self.standardizer.transform(points)
+            return self.standardizer.transform(self._toy(batch_size, [self.seed, step]))
+        count = len(self.array)
+        epochs, offsets = np.divmod(step * batch_size + np.arange(batch_size), count)
+        indices = np.empty(batch_size, np.int64)
+        for epoch in np.unique(epochs):
+            chosen = epochs == epoch
+            indices[chosen] = self._epoch_permutation(int(epoch))[offsets[chosen]]
+        return self.standardizer.transform(self.array[indices])
 
     def fresh(self, n: int, seed: int) -> np.ndarray:
-        """n points in data space for evaluation: new toy draws, or a random subset of the array
-        (with replacement when n exceeds its size)."""
+        """n points in data space (not standardised) for evaluation: a new toy draw, or for an
+        array a uniformly random subset, drawn with replacement only when n exceeds N."""
+        n = _check_count("n", n, 1)
+        seed = _check_count("seed", seed, 0)
         if self.array is None:
-            return self._toy(n, [seed, 2**31 - 2])
-        rng = np.random.default_rng([seed, 2**31 - 2])
-        replace = n > len(self.array)
-        return self.array[rng.choice(len(self.array), n, replace=replace)]
+            return self._toy(n, [seed, _FRESH_STREAM])
+        rng = np.random.default_rng([seed, _FRESH_STREAM])
+        return self.array[rng.choice(len(self.array), n, replace=n > len(self.array))]
 
 
 def make_point_source(name: str, *, path: str | None = None, noise: float | None = None,
                       seed: int = 0, num_fit: int = 100_000) -> PointSource:
-    """A toy set by name, or name="array" with `path` to a .npy/.npz file of shape [N, D]."""
+    """A toy set by name (see TOY2D_NAMES), or name="array" with `path` to a .npy/.npz file of
+    shape [N, D]. The standardiser is fit on the whole array, or on `num_fit` toy points from
+    default_rng([seed, 2**31 - 1]). `noise` (None: the set's default) applies to toy sets only;
+    `path` to arrays only."""
+    seed = _check_count("seed", seed, 0)
     if name == "array":
         if not path:
-            raise ValueError("data.path is empty: data.name='array' needs a .npy or .npz file")
+            raise ValueError(f"data.path={path!r} is empty; data.name='array' needs a .npy or "
+                             f".npz file of shape [N, D]")
         return PointSource(name, array=load_array(path), noise=None, seed=seed, num_fit=0)
-    sample_toy2d(name, 1, 0)  # validates the name with the data set's message
+    check_toy2d_name(name)
+    num_fit = _check_count("num_fit", num_fit, 2)
     return PointSource(name, array=None, noise=noise, seed=seed, num_fit=num_fit)

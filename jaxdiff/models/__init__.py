@@ -2,3 +2,4 @@
 
 from jaxdiff.models.embeddings import LabelEmbedding, TimeEmbedding, sinusoidal_embedding
 from jaxdiff.models.mlp import MLPDenoiser
+from jaxdiff.models.unet import Unet

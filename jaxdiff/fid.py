@@ -1,0 +1,695 @@
+"""Fréchet Inception Distance (FID) for image samples, with no PyTorch dependency.
+
+Three parts:
+
+* ``frechet_distance`` / ``feature_statistics`` / ``frechet_distance_from_features``: the Fréchet
+  distance between two Gaussians fitted to feature sets, in float64 NumPy/SciPy, with the same
+  numerical safeguards as pytorch-fid (eps * I added to both covariances when the product has no
+  finite square root; negligible imaginary parts dropped).
+* ``InceptionV3FID``: a Flax Linen port of the Inception-v3 feature network that pytorch-fid
+  uses (torchvision's ``Inception3`` with pytorch-fid's ``FIDInceptionA/C/E_1/E_2`` blocks, i.e.
+  the TensorFlow FID graph), NHWC, BatchNorm in inference mode (eps 1e-3), returning the 2048
+  global-average-pooled features of ``Mixed_7c``.
+* ``load_inception_params``: reads pytorch-fid's weight file
+  ``pt_inception-2015-12-05-6726825d.pth`` (a ``torch.save``-d state_dict) with ``zipfile`` +
+  ``pickle`` only, and maps it onto the module's variables. ``inception_features`` runs the
+  jitted network over an image array in batches.
+
+Parameter layout (each ``BasicConv2d`` is a bias-free conv + BatchNorm + ReLU; the state_dict key
+``<block>.<conv>.conv.weight`` [O, I, kh, kw] is the Flax ``params/<block>/<conv>/conv/kernel``
+[kh, kw, I, O], ``.bn.weight/.bn.bias`` are ``params/.../bn/scale|bias`` and
+``.bn.running_mean/.bn.running_var`` are ``batch_stats/.../bn/mean|var``). In (in -> out, kh x kw):
+
+  stem      Conv2d_1a_3x3 3->32 3x3 s2, Conv2d_2a_3x3 32->32 3x3, Conv2d_2b_3x3 32->64 3x3 p1,
+            maxpool 3 s2, Conv2d_3b_1x1 64->80 1x1, Conv2d_4a_3x3 80->192 3x3, maxpool 3 s2
+  Mixed_5b/5c/5d  FIDInceptionA(in=192/256/288, pool_features=32/64/64) -> 256/288/288 channels:
+            branch1x1 in->64; branch5x5_1 in->48, _2 48->64 5x5 p2; branch3x3dbl_1 in->64,
+            _2 64->96 3x3 p1, _3 96->96 3x3 p1; avgpool 3 s1 p1 (count_include_pad=False),
+            branch_pool in->pool_features
+  Mixed_6a  InceptionB(288) -> 768: branch3x3 288->384 3x3 s2; branch3x3dbl_1 288->64,
+            _2 64->96 3x3 p1, _3 96->96 3x3 s2; maxpool 3 s2
+  Mixed_6b..6e  FIDInceptionC(768, c7=128/160/160/192) -> 768: branch1x1 768->192;
+            branch7x7_1 768->c7, _2 c7->c7 1x7, _3 c7->192 7x1; branch7x7dbl_1 768->c7,
+            _2 c7->c7 7x1, _3 1x7, _4 7x1, _5 c7->192 1x7; avgpool (excl. pad), branch_pool 768->192
+  Mixed_7a  InceptionD(768) -> 1280: branch3x3_1 768->192, _2 192->320 3x3 s2;
+            branch7x7x3_1 768->192, _2 1x7, _3 7x1, _4 192->192 3x3 s2; maxpool 3 s2
+  Mixed_7b/7c  FIDInceptionE_1(1280) / FIDInceptionE_2(2048) -> 2048: branch1x1 in->320;
+            branch3x3_1 in->384, _2a 384->384 1x3, _2b 3x1; branch3x3dbl_1 in->448,
+            _2 448->384 3x3 p1, _3a 1x3, _3b 3x1; pool (E_1: avg excl. pad, E_2: max 3 s1 p1),
+            branch_pool in->192
+  global average pool -> [N, 2048]
+
+Summing in*out*kh*kw + 2*out (conv kernel + BN scale/bias) over these 94 convolutions gives
+21,785,568 trainable parameters (torchvision's inception_v3, 27,161,264, less its 1000-way fc
+and AuxLogits), plus 2 * 17,216 = 34,432 BatchNorm running statistics; 470 state_dict tensors.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import io
+import os
+import pickle
+import struct
+import warnings
+import zipfile
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from scipy import linalg
+
+FID_WEIGHTS_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+    "pt_inception-2015-12-05-6726825d.pth"
+)
+# Where a training config would take the weight file's path (the programmatic entry points take
+# it as `path` of load_inception_params and `params_or_path` of inception_features).
+INCEPTION_PATH_CONFIG_FIELD = "eval.inception_path"
+INCEPTION_SIZE = 299
+FEATURE_DIM = 2048
+
+__all__ = [
+    "FEATURE_DIM",
+    "FID_WEIGHTS_URL",
+    "InceptionV3FID",
+    "expected_state_dict_shapes",
+    "feature_statistics",
+    "frechet_distance",
+    "frechet_distance_from_features",
+    "inception_features",
+    "load_inception_params",
+    "read_torch_state_dict",
+    "state_dict_to_variables",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Fréchet distance
+# ----------------------------------------------------------------------------------------------
+
+
+def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean [F] and unbiased covariance [F, F] (float64) of a feature array [N, F]."""
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"features must have shape [N, F], got {x.shape}")
+    if x.shape[0] < 2:
+        raise ValueError(f"need at least 2 feature vectors for a covariance, got {x.shape[0]}")
+    return x.mean(axis=0), np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between N(mu1, S1) and N(mu2, S2).
+
+    Scalars are read as 1-D Gaussians (sigma is then the variance). Computed in float64. When
+    S1 S2 has no finite square root (a singular product), eps is added to both diagonals, as
+    pytorch-fid does; an imaginary part left by round-off is dropped, a large one raises.
+    """
+    mu1 = np.atleast_1d(np.asarray(mu1, dtype=np.float64))
+    mu2 = np.atleast_1d(np.asarray(mu2, dtype=np.float64))
+    sigma1 = np.atleast_2d(np.asarray(sigma1, dtype=np.float64))
+    sigma2 = np.atleast_2d(np.asarray(sigma2, dtype=np.float64))
+    if mu1.shape != mu2.shape or mu1.ndim != 1:
+        raise ValueError(f"mean vectors must have equal shapes [F], got {mu1.shape}, {mu2.shape}")
+    dim = mu1.shape[0]
+    if sigma1.shape != (dim, dim) or sigma2.shape != (dim, dim):
+        raise ValueError(f"covariances must have shape {(dim, dim)}, got {sigma1.shape}, "
+                         f"{sigma2.shape}")
+
+    diff = mu1 - mu2
+    covmean = linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        warnings.warn(f"FID: the product of the covariances is singular; adding {eps} to the "
+                      "diagonals", RuntimeWarning, stacklevel=2)
+        offset = np.eye(dim) * eps
+        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        imag = np.abs(np.diagonal(covmean).imag).max()
+        if imag > 1e-3:
+            raise ValueError(f"FID: matrix square root has an imaginary component of {imag:g}")
+        covmean = covmean.real
+    value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean)
+    return float(value)
+
+
+def frechet_distance_from_features(features1, features2) -> float:
+    """Fréchet distance between Gaussians fitted to two feature arrays [N1, F] and [N2, F]."""
+    mu1, sigma1 = feature_statistics(features1)
+    mu2, sigma2 = feature_statistics(features2)
+    return frechet_distance(mu1, sigma1, mu2, sigma2)
+
+
+# ----------------------------------------------------------------------------------------------
+# The Inception-v3 feature network
+# ----------------------------------------------------------------------------------------------
+
+
+def _window(size: int, stride: int, pad: int):
+    return ((1, size, size, 1), (1, stride, stride, 1),
+            ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+
+def avg_pool_exclude_pad(x: jax.Array, size: int = 3, stride: int = 1, pad: int = 1) -> jax.Array:
+    """Average pool over NHWC windows that counts only real pixels (count_include_pad=False)."""
+    dims, strides, padding = _window(size, stride, pad)
+    total = jax.lax.reduce_window(x, jnp.array(0, x.dtype), jax.lax.add, dims, strides, padding)
+    ones = jnp.ones((1,) + x.shape[1:3] + (1,), x.dtype)
+    count = jax.lax.reduce_window(ones, jnp.array(0, x.dtype), jax.lax.add, dims, strides, padding)
+    return total / count
+
+
+def max_pool(x: jax.Array, size: int = 3, stride: int = 2, pad: int = 0) -> jax.Array:
+    """Max pool over NHWC windows; padding (if any) never wins (it is -inf)."""
+    dims, strides, padding = _window(size, stride, pad)
+    return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, dims, strides,
+                                 padding)
+
+
+def resize_bilinear(x: jax.Array, size: int = INCEPTION_SIZE) -> jax.Array:
+    """NHWC bilinear resize to size x size as torch's F.interpolate(align_corners=False).
+
+    Half-pixel centres and no anti-aliasing when shrinking (pytorch-fid's resize_input).
+    """
+    if x.shape[1:3] == (size, size):
+        return x
+    return jax.image.resize(x, (x.shape[0], size, size, x.shape[3]), method="bilinear",
+                            antialias=False)
+
+
+class BasicConv2d(nn.Module):
+    """Bias-free convolution, BatchNorm (inference statistics, eps 1e-3), ReLU."""
+
+    features: int
+    kernel_size: tuple[int, int] = (1, 1)
+    strides: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        ph, pw = self.padding
+        x = nn.Conv(self.features, tuple(self.kernel_size), strides=tuple(self.strides),
+                    padding=((ph, ph), (pw, pw)), use_bias=False, precision=self.precision,
+                    name="conv")(x)
+        x = nn.BatchNorm(use_running_average=True, epsilon=1e-3, name="bn")(x)
+        return nn.relu(x)
+
+
+def _cat(*xs: jax.Array) -> jax.Array:
+    return jnp.concatenate(xs, axis=-1)
+
+
+class FIDInceptionA(nn.Module):
+    pool_features: int
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        conv = functools.partial(BasicConv2d, precision=self.precision)
+        b1 = conv(64, name="branch1x1")(x)
+        b5 = conv(48, name="branch5x5_1")(x)
+        b5 = conv(64, (5, 5), padding=(2, 2), name="branch5x5_2")(b5)
+        b3 = conv(64, name="branch3x3dbl_1")(x)
+        b3 = conv(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(b3)
+        b3 = conv(96, (3, 3), padding=(1, 1), name="branch3x3dbl_3")(b3)
+        bp = conv(self.pool_features, name="branch_pool")(avg_pool_exclude_pad(x))
+        return _cat(b1, b5, b3, bp)
+
+
+class InceptionB(nn.Module):
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        conv = functools.partial(BasicConv2d, precision=self.precision)
+        b3 = conv(384, (3, 3), strides=(2, 2), name="branch3x3")(x)
+        bd = conv(64, name="branch3x3dbl_1")(x)
+        bd = conv(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
+        bd = conv(96, (3, 3), strides=(2, 2), name="branch3x3dbl_3")(bd)
+        return _cat(b3, bd, max_pool(x, 3, 2))
+
+
+class FIDInceptionC(nn.Module):
+    channels_7x7: int
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        conv = functools.partial(BasicConv2d, precision=self.precision)
+        c7 = self.channels_7x7
+        row = dict(kernel_size=(1, 7), padding=(0, 3))
+        col = dict(kernel_size=(7, 1), padding=(3, 0))
+        b1 = conv(192, name="branch1x1")(x)
+        b7 = conv(c7, name="branch7x7_1")(x)
+        b7 = conv(c7, **row, name="branch7x7_2")(b7)
+        b7 = conv(192, **col, name="branch7x7_3")(b7)
+        bd = conv(c7, name="branch7x7dbl_1")(x)
+        bd = conv(c7, **col, name="branch7x7dbl_2")(bd)
+        bd = conv(c7, **row, name="branch7x7dbl_3")(bd)
+        bd = conv(c7, **col, name="branch7x7dbl_4")(bd)
+        bd = conv(192, **row, name="branch7x7dbl_5")(bd)
+        bp = conv(192, name="branch_pool")(avg_pool_exclude_pad(x))
+        return _cat(b1, b7, bd, bp)
+
+
+class InceptionD(nn.Module):
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        conv = functools.partial(BasicConv2d, precision=self.precision)
+        b3 = conv(192, name="branch3x3_1")(x)
+        b3 = conv(320, (3, 3), strides=(2, 2), name="branch3x3_2")(b3)
+        b7 = conv(192, name="branch7x7x3_1")(x)
+        b7 = conv(192, (1, 7), padding=(0, 3), name="branch7x7x3_2")(b7)
+        b7 = conv(192, (7, 1), padding=(3, 0), name="branch7x7x3_3")(b7)
+        b7 = conv(192, (3, 3), strides=(2, 2), name="branch7x7x3_4")(b7)
+        return _cat(b3, b7, max_pool(x, 3, 2))
+
+
+class FIDInceptionE(nn.Module):
+    """pool="avg": FIDInceptionE_1 (avg pool, count_include_pad=False); "max": FIDInceptionE_2."""
+
+    pool: str = "avg"
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        conv = functools.partial(BasicConv2d, precision=self.precision)
+        row = dict(kernel_size=(1, 3), padding=(0, 1))
+        col = dict(kernel_size=(3, 1), padding=(1, 0))
+        b1 = conv(320, name="branch1x1")(x)
+        b3 = conv(384, name="branch3x3_1")(x)
+        b3 = _cat(conv(384, **row, name="branch3x3_2a")(b3),
+                  conv(384, **col, name="branch3x3_2b")(b3))
+        bd = conv(448, name="branch3x3dbl_1")(x)
+        bd = conv(384, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
+        bd = _cat(conv(384, **row, name="branch3x3dbl_3a")(bd),
+                  conv(384, **col, name="branch3x3dbl_3b")(bd))
+        if self.pool == "avg":
+            pooled = avg_pool_exclude_pad(x)
+        elif self.pool == "max":
+            pooled = max_pool(x, 3, 1, 1)
+        else:
+            raise ValueError(f"pool must be 'avg' or 'max', got {self.pool!r}")
+        bp = conv(192, name="branch_pool")(pooled)
+        return _cat(b1, b3, bd, bp)
+
+
+class InceptionV3FID(nn.Module):
+    """pytorch-fid's Inception-v3 feature extractor: NHWC images -> [N, 2048] pool features.
+
+    Images are uint8 in [0, 255] or float in [0, 1], with 1 (repeated to RGB) or 3 channels.
+    With resize_input they are resized to 299x299 (bilinear, as pytorch-fid), and with
+    normalize_input scaled from [0, 1] to [-1, 1]. At least 75x75 without resizing.
+    """
+
+    resize_input: bool = True
+    normalize_input: bool = True
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4:
+            raise ValueError(f"images must be NHWC, got shape {x.shape}")
+        if jnp.issubdtype(x.dtype, jnp.integer):
+            x = x.astype(jnp.float32) / 255.0
+        else:
+            x = x.astype(jnp.float32)
+        if x.shape[-1] == 1:
+            x = jnp.repeat(x, 3, axis=-1)
+        if x.shape[-1] != 3:
+            raise ValueError(f"images must have 1 or 3 channels, got {x.shape[-1]}")
+        if self.resize_input:
+            x = resize_bilinear(x, INCEPTION_SIZE)
+        if self.normalize_input:
+            x = 2.0 * x - 1.0
+
+        conv = functools.partial(BasicConv2d, precision=self.precision)
+        p = dict(precision=self.precision)
+        x = conv(32, (3, 3), strides=(2, 2), name="Conv2d_1a_3x3")(x)
+        x = conv(32, (3, 3), name="Conv2d_2a_3x3")(x)
+        x = conv(64, (3, 3), padding=(1, 1), name="Conv2d_2b_3x3")(x)
+        x = max_pool(x, 3, 2)
+        x = conv(80, name="Conv2d_3b_1x1")(x)
+        x = conv(192, (3, 3), name="Conv2d_4a_3x3")(x)
+        x = max_pool(x, 3, 2)
+        x = FIDInceptionA(32, **p, name="Mixed_5b")(x)
+        x = FIDInceptionA(64, **p, name="Mixed_5c")(x)
+        x = FIDInceptionA(64, **p, name="Mixed_5d")(x)
+        x = InceptionB(**p, name="Mixed_6a")(x)
+        x = FIDInceptionC(128, **p, name="Mixed_6b")(x)
+        x = FIDInceptionC(160, **p, name="Mixed_6c")(x)
+        x = FIDInceptionC(160, **p, name="Mixed_6d")(x)
+        x = FIDInceptionC(192, **p, name="Mixed_6e")(x)
+        x = InceptionD(**p, name="Mixed_7a")(x)
+        x = FIDInceptionE("avg", **p, name="Mixed_7b")(x)
+        x = FIDInceptionE("max", **p, name="Mixed_7c")(x)
+        return jnp.mean(x, axis=(1, 2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a torch.save file without torch
+# ----------------------------------------------------------------------------------------------
+
+_STORAGE_DTYPES = {
+    "DoubleStorage": np.float64,
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": jnp.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+    "UntypedStorage": np.uint8,
+}
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+class _StorageType:
+    """Stands in for a torch.<Name>Storage class referenced by a pickle."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.dtype = np.dtype(_STORAGE_DTYPES[name])
+
+    def __repr__(self):
+        return f"torch.{self.name}"
+
+
+class _LazyTensor:
+    """A tensor view (storage key, offset, size, stride) made into an array once data is read."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset = storage, int(offset)
+        self.size, self.stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+
+
+class _StorageRef:
+    def __init__(self, key: str, dtype: np.dtype, numel: int, view=None):
+        self.key, self.dtype, self.numel, self.view = key, dtype, int(numel), view
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *_unused):
+    return _LazyTensor(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data, *_unused):
+    return data
+
+
+class _TorchUnpickler(pickle.Unpickler):
+    """Unpickles a torch.save object graph, allowing only the few globals a state_dict uses."""
+
+    _ALLOWED = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    }
+
+    def __init__(self, file, legacy: bool):
+        super().__init__(file)
+        self._legacy = legacy
+        self.storages: dict[str, _StorageRef] = {}  # every storage the pickle refers to
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return self._ALLOWED[(module, name)]
+        if module in ("torch", "torch.storage") and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        raise pickle.UnpicklingError(f"unsupported global {module}.{name} in a torch file "
+                                     "(only plain state_dicts of tensors can be read)")
+
+    def persistent_load(self, pid):
+        pid = tuple(pid)
+        kind = pid[0].decode("ascii") if isinstance(pid[0], bytes) else pid[0]
+        if kind != "storage":
+            raise pickle.UnpicklingError(f"unsupported persistent id {kind!r}")
+        # zip format: ('storage', storage_type, key, location, numel)
+        # legacy format: (..., numel, view_metadata), view_metadata None or (view_key, offset, size)
+        storage_type, key, _location, numel = pid[1:5]
+        if not isinstance(storage_type, _StorageType):
+            raise pickle.UnpicklingError(f"unexpected storage type {storage_type!r}")
+        view = pid[5] if self._legacy and len(pid) > 5 else None
+        ref = _StorageRef(str(key), storage_type.dtype, numel, view)
+        self.storages.setdefault(ref.key, ref)
+        return ref
+
+
+def _materialize(obj, storages: dict[str, np.ndarray]):
+    if isinstance(obj, _LazyTensor):
+        ref = obj.storage
+        flat = storages[ref.key]
+        if ref.view is not None:
+            _view_key, view_offset, view_size = ref.view
+            flat = flat[int(view_offset):int(view_offset) + int(view_size)]
+        if any(s == 0 for s in obj.size):
+            return np.zeros(obj.size, flat.dtype)
+        last = obj.offset + sum((s - 1) * st for s, st in zip(obj.size, obj.stride))
+        if obj.offset < 0 or min(obj.stride, default=0) < 0 or last >= flat.shape[0]:
+            raise ValueError(f"tensor view (offset {obj.offset}, size {obj.size}, stride "
+                             f"{obj.stride}) exceeds its storage of {flat.shape[0]} elements")
+        base = flat[obj.offset:]
+        view = np.lib.stride_tricks.as_strided(
+            base, shape=obj.size, strides=tuple(st * flat.itemsize for st in obj.stride),
+            writeable=False)
+        return np.array(view)
+    if isinstance(obj, dict):
+        out = type(obj)() if isinstance(obj, collections.OrderedDict) else {}
+        for k, v in obj.items():
+            out[k] = _materialize(v, storages)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_materialize(v, storages) for v in obj)
+    return obj
+
+
+def _storage_array(raw: bytes, ref: _StorageRef, byteorder: str) -> np.ndarray:
+    dtype = ref.dtype.newbyteorder("<" if byteorder == "little" else ">")
+    need = ref.numel * dtype.itemsize
+    if len(raw) < need:
+        raise ValueError(f"storage {ref.key!r} holds {len(raw)} bytes, expected {need}")
+    return np.frombuffer(raw, dtype=dtype, count=ref.numel).astype(ref.dtype.newbyteorder("="))
+
+
+def _read_zip(path: str):
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        pkl = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
+        if not pkl:
+            raise ValueError(f"{path}: zip file without data.pkl, not a torch.save file")
+        prefix = min(pkl, key=len)[: -len("data.pkl")]  # "archive/" or "<file stem>/"
+        byteorder = "little"
+        if prefix + "byteorder" in names:
+            byteorder = zf.read(prefix + "byteorder").decode("ascii").strip()
+        unpickler = _TorchUnpickler(io.BytesIO(zf.read(prefix + "data.pkl")), legacy=False)
+        obj = unpickler.load()
+        storages = {}
+        for key, ref in unpickler.storages.items():
+            entry = f"{prefix}data/{key}"
+            if entry not in names:
+                raise ValueError(f"{path}: storage {entry!r} is missing")
+            storages[key] = _storage_array(zf.read(entry), ref, byteorder)
+    return _materialize(obj, storages)
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"unexpected global {module}.{name} in a torch file header")
+
+
+def _read_legacy(path: str):
+    with open(path, "rb") as f:
+        data = f.read()
+    stream = io.BytesIO(data)
+    try:
+        magic = _PlainUnpickler(stream).load()
+    except Exception as err:  # noqa: BLE001 - anything unreadable is "not a torch file"
+        raise ValueError(f"{path}: neither a zip nor a legacy torch.save file") from err
+    if magic != _LEGACY_MAGIC:
+        raise ValueError(f"{path}: neither a zip nor a legacy torch.save file")
+    _PlainUnpickler(stream).load()  # serialization protocol version (1001)
+    sys_info = _PlainUnpickler(stream).load()
+    if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
+        raise ValueError(f"{path}: big-endian legacy torch files are not supported")
+    unpickler = _TorchUnpickler(stream, legacy=True)
+    obj = unpickler.load()
+    keys = _PlainUnpickler(stream).load()
+    refs = unpickler.storages
+    storages = {}
+    for key in keys:  # each: int64 little-endian element count, then the raw elements
+        key = str(key)
+        (numel,) = struct.unpack("<q", stream.read(8))
+        ref = refs.get(key)
+        dtype = ref.dtype if ref is not None else np.dtype(np.uint8)
+        raw = stream.read(numel * dtype.itemsize)
+        if ref is not None:
+            storages[key] = _storage_array(raw, _StorageRef(key, dtype, numel), "little")
+    missing = [k for k in refs if k not in storages]
+    if missing:
+        raise ValueError(f"{path}: storage {missing[0]!r} is missing")
+    return _materialize(obj, storages)
+
+
+def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
+    """Read a torch.save-d state_dict (zip or legacy format) as {name: np.ndarray}, no torch.
+
+    Only tensors, (Ordered)dicts, lists and plain values are accepted; any other global in the
+    pickle is refused, so an untrusted file cannot run code.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"  # as torch.load decides; legacy files are pickles
+    obj = _read_zip(path) if is_zip else _read_legacy(path)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a state_dict (a dict of tensors), got {type(obj)}")
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------
+# state_dict -> Flax variables
+# ----------------------------------------------------------------------------------------------
+
+_LEAF_TO_TORCH = {
+    ("params", "conv", "kernel"): "conv.weight",
+    ("params", "bn", "scale"): "bn.weight",
+    ("params", "bn", "bias"): "bn.bias",
+    ("batch_stats", "bn", "mean"): "bn.running_mean",
+    ("batch_stats", "bn", "var"): "bn.running_var",
+}
+
+
+def _torch_key(path: tuple[str, ...]) -> str:
+    suffix = _LEAF_TO_TORCH[(path[0],) + tuple(path[-2:])]
+    return ".".join(path[1:-2] + (suffix,))
+
+
+@functools.lru_cache(maxsize=1)
+def _variable_shapes() -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Flattened {('params'|'batch_stats', ..., leaf): shape} of InceptionV3FID, in layer order."""
+    model = InceptionV3FID(resize_input=False)
+    abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                              jax.ShapeDtypeStruct((1, 75, 75, 3), jnp.float32))
+    flat = {path: tuple(leaf.shape)
+            for path, leaf in traverse_util.flatten_dict(dict(abstract)).items()}
+    layers = list(dict.fromkeys(path[1:-2] for path in flat if path[0] == "params"))
+    ordered = {}
+    for layer in layers:  # conv kernel, bn scale/bias, bn mean/var of each layer in turn
+        for collection, module, leaf in _LEAF_TO_TORCH:
+            path = (collection,) + layer + (module, leaf)
+            ordered[path] = flat[path]
+    if len(ordered) != len(flat):
+        raise AssertionError("unexpected variables in InceptionV3FID")
+    return ordered
+
+
+def expected_state_dict_shapes() -> dict[str, tuple[int, ...]]:
+    """{pytorch-fid state_dict key: torch shape} for every tensor the feature network needs."""
+    out = {}
+    for path, shape in _variable_shapes().items():
+        if path[-1] == "kernel":
+            kh, kw, cin, cout = shape
+            shape = (cout, cin, kh, kw)
+        out[_torch_key(path)] = tuple(shape)
+    return out
+
+
+def state_dict_to_variables(state_dict: dict) -> dict:
+    """Map a pytorch-fid Inception state_dict onto InceptionV3FID's {'params', 'batch_stats'}.
+
+    Conv weights [O, I, kh, kw] become kernels [kh, kw, I, O]; extra keys (fc, AuxLogits,
+    num_batches_tracked) are ignored. Raises ValueError naming the first missing or misshapen key.
+    """
+    shapes = _variable_shapes()
+    torch_shapes = expected_state_dict_shapes()
+    for path in shapes:  # check everything first, in layer order, before converting anything
+        key = _torch_key(path)
+        if key not in state_dict:
+            missing = sum(_torch_key(p) not in state_dict for p in shapes)
+            raise ValueError(f"Inception weights: missing key {key!r} ({missing} of {len(shapes)} "
+                             "expected tensors missing; is this pytorch-fid's "
+                             "pt_inception-2015-12-05 state_dict?)")
+        got = tuple(np.shape(state_dict[key]))
+        if got != torch_shapes[key]:
+            raise ValueError(f"Inception weights: {key!r} has shape {got}, expected "
+                             f"{torch_shapes[key]}")
+    flat = {}
+    for path in shapes:
+        value = np.asarray(state_dict[_torch_key(path)], dtype=np.float32)
+        if path[-1] == "kernel":
+            value = value.transpose(2, 3, 1, 0)  # [O, I, kh, kw] -> [kh, kw, I, O]
+        flat[path] = jnp.asarray(value)
+    return traverse_util.unflatten_dict(flat)
+
+
+def load_inception_params(path: str) -> dict:
+    """Variables {'params', 'batch_stats'} of InceptionV3FID from pytorch-fid's weight file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"FID Inception weights not found at {path!r}: download {FID_WEIGHTS_URL} and pass its "
+            f"path as the config field {INCEPTION_PATH_CONFIG_FIELD} (or the `path` argument of "
+            "jaxdiff.fid.load_inception_params / `params_or_path` of inception_features)")
+    return state_dict_to_variables(read_torch_state_dict(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Features of an image array
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _forward(resize_input: bool) -> Callable:
+    model = InceptionV3FID(resize_input=resize_input)
+    return jax.jit(lambda variables, images: model.apply(variables, images))
+
+
+def inception_features(images, params_or_path, batch_size: int = 50, *,
+                       resize_input: bool = True) -> np.ndarray:
+    """[N, 2048] float32 pool features of NHWC images (uint8, or float in [0, 1]; C = 1 or 3).
+
+    params_or_path: variables from load_inception_params, or the weight file's path. Runs one
+    jitted forward per batch of batch_size (the last batch zero-padded, so it compiles once).
+    """
+    variables = (load_inception_params(params_or_path)
+                 if isinstance(params_or_path, (str, os.PathLike)) else params_or_path)
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"images must be [N, H, W, C] with C in (1, 3), got {images.shape}")
+    if images.dtype == np.bool_ or not (np.issubdtype(images.dtype, np.integer)
+                                        or np.issubdtype(images.dtype, np.floating)):
+        raise ValueError(f"images must be uint8 or float, got {images.dtype}")
+    if np.issubdtype(images.dtype, np.integer) and images.dtype != np.uint8:
+        if images.size and (images.min() < 0 or images.max() > 255):
+            raise ValueError("integer images must lie in [0, 255]")
+        images = images.astype(np.uint8)
+    if np.issubdtype(images.dtype, np.floating) and images.size:
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"float images must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = images.shape[0]
+    if n == 0:
+        return np.zeros((0, FEATURE_DIM), np.float32)
+    batch = min(batch_size, n)
+    forward = _forward(bool(resize_input))
+    out = np.empty((n, FEATURE_DIM), np.float32)
+    for start in range(0, n, batch):
+        chunk = images[start:start + batch]
+        count = chunk.shape[0]
+        if count < batch:
+            pad = np.zeros((batch - count,) + chunk.shape[1:], chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        out[start:start + count] = np.asarray(forward(variables, chunk))[:count]
+    return out
