@@ -4,6 +4,16 @@
 
 Writes `samples` (data space) to the .npz file and a picture next to it (samples.png); with
 --trajectory also a picture of x_t along the reverse process.
+
+Class-conditional runs (classifier-free guidance):
+
+    python sample.py --workdir runs/digits_cond --labels 0,1,2 --guidance_scale 1,3,5 \
+        --num_samples 4 --out guided.npz
+
+draws --num_samples samples for every (label, guidance scale) pair from shared noise and writes
+`samples`, `labels` and `guidance_scale` (one entry per sample) and a grid with one row per
+class and, per guidance scale, one column block (one column per scale for --num_samples 1).
+Scale s follows diffusers: 1 is plain conditional sampling, 0 unconditional, s > 1 guided.
 """
 
 import os
@@ -14,6 +24,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from jaxdiff import plotting
+from jaxdiff.checkpoint import CheckpointError
 from jaxdiff.experiment import SAMPLERS, ConfigError, load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by train.py.", required=True)
@@ -25,6 +36,78 @@ _ETA = flags.DEFINE_float("eta", None, "DDIM eta (default: the config's).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
 _TRAJECTORY = flags.DEFINE_boolean("trajectory", False, "Also plot the reverse trajectory.")
+_LABELS = flags.DEFINE_string("labels", None, "Comma-separated classes to sample, e.g. 0,1,2 "
+                              "(class-conditional runs; --num_samples is then per class and scale).")
+_GUIDANCE = flags.DEFINE_string("guidance_scale", None, "Comma-separated classifier-free guidance "
+                                "scales, e.g. 1,3,5 (default: the config's sample.guidance_scale).")
+_RESCALE = flags.DEFINE_float("guidance_rescale", None, "Guidance rescale phi in [0, 1] (Lin et al. "
+                              "2024; default: the config's).")
+_GRID_COLUMNS = 8  # samples per (class, scale) cell shown in the grid
+
+
+def _numbers(flag, kind, what: str) -> list:
+    try:
+        values = [kind(part) for part in flag.value.split(",")]
+    except ValueError:
+        raise ConfigError(f"--{flag.name}={flag.value!r} is invalid: {what}") from None
+    if not values:
+        raise ConfigError(f"--{flag.name}={flag.value!r} is invalid: {what}")
+    return values
+
+
+def guidance_flags(run):
+    """(labels, guidance scales) from --labels / --guidance_scale, or ConfigError naming the
+    flag: labels outside [0, num_classes), guidance on an unconditional run or without labels."""
+    num_classes = run.config.model.num_classes
+    if _LABELS.value is None:
+        for flag in (_GUIDANCE, _RESCALE):
+            if flag.value is not None:
+                raise ConfigError(f"--{flag.name}={flag.value} is invalid without --labels"
+                                  + ("" if num_classes else ": the run is unconditional "
+                                     "(model.num_classes=0), so it cannot be guided"))
+        return None, None
+    labels = _numbers(_LABELS, int, "comma-separated integer class labels, e.g. 0,1,2")
+    if not num_classes:
+        raise ConfigError(f"--labels={_LABELS.value} is invalid: the run is unconditional "
+                          f"(model.num_classes=0)")
+    bad = [label for label in labels if not 0 <= label < num_classes]
+    if bad:
+        raise ConfigError(f"--labels={_LABELS.value} is invalid: label {bad[0]} is outside "
+                          f"[0, num_classes={num_classes})")
+    if _GUIDANCE.value is None:
+        scales = [float(run.config.sample.get("guidance_scale", 1.0))]
+    else:
+        scales = _numbers(_GUIDANCE, float, "comma-separated numbers >= 0, e.g. 1,3,5")
+    if any(not 0 <= s < float("inf") for s in scales):
+        raise ConfigError(f"--guidance_scale={_GUIDANCE.value} is invalid: numbers >= 0")
+    if _RESCALE.value is not None and not 0 <= _RESCALE.value <= 1:
+        raise ConfigError(f"--guidance_rescale={_RESCALE.value} is invalid: a number in [0, 1]")
+    return labels, scales
+
+
+def write_class_samples(run, labels, scales) -> None:
+    """Sample every (label, scale) cell; write the .npz and a grid: row = class, column block
+    = guidance scale."""
+    per_cell = _NUM.value if flags.FLAGS["num_samples"].present else 1
+    cells = run.sample_classes(labels, scales, per_cell, seed=_SEED.value, sampler=_SAMPLER.value,
+                               steps=_STEPS.value, eta=_ETA.value,
+                               guidance_rescale=_RESCALE.value)
+    shape = cells.shape[3:]
+    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+    np.savez(_OUT.value, samples=cells.reshape((-1,) + shape),
+             labels=np.repeat(np.asarray(labels, np.int32), len(scales) * per_cell),
+             guidance_scale=np.tile(np.repeat(np.asarray(scales, np.float32), per_cell),
+                                    len(labels)))
+    stem = os.path.splitext(_OUT.value)[0]
+    if run.standardizer is None:  # images: one row per class
+        shown = cells[:, :, :_GRID_COLUMNS]
+        plotting.save_image_grid(shown.reshape((-1,) + shape), f"{stem}.png",
+                                 nrow=shown.shape[1] * shown.shape[2])
+    else:
+        plotting.plot_points(cells.reshape((-1,) + shape), f"{stem}.png",
+                             title=f"classes {_LABELS.value} (step {run.step})")
+    print(f"wrote {cells.shape[0] * cells.shape[1] * cells.shape[2]} samples: {len(labels)} "
+          f"classes x {len(scales)} guidance scales x {per_cell} (step {run.step}) to {_OUT.value}")
 
 
 def check_flags(run) -> None:
@@ -49,9 +132,13 @@ def main(argv) -> None:
     try:
         run = load_run(_WORKDIR.value, step=_STEP.value)
         check_flags(run)
-    except ConfigError as error:
+        labels, scales = guidance_flags(run)
+    except (ConfigError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    if labels is not None:
+        write_class_samples(run, labels, scales)
+        return
     out = run.sample(_NUM.value, seed=_SEED.value, sampler=_SAMPLER.value, steps=_STEPS.value,
                      eta=_ETA.value, return_trajectory=_TRAJECTORY.value)
     samples, trajectory = out if _TRAJECTORY.value else (out, None)

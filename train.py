@@ -3,6 +3,10 @@
 Any config field can be overridden, e.g. --config.data.name=moons --config.train.steps=5000.
 Bad config values, flags and input files stop the run before compilation with one line naming
 the field and exit code 2.
+
+The run resumes from the newest readable checkpoint in the workdir (a damaged newest one is moved
+to checkpoints_damaged/ with a warning). SIGTERM or SIGINT saves a checkpoint at the current step
+and exits with 128 + the signal number; too many consecutive non-finite steps exit with 1.
 """
 
 import logging
@@ -12,8 +16,9 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from jaxdiff.checkpoint import CheckpointError
 from jaxdiff.experiment import ConfigError
-from jaxdiff.train_loop import train_and_evaluate
+from jaxdiff.train_loop import TrainingDiverged, TrainingInterrupted, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/toy2d.py", "Experiment config file.",
                                           lock_config=True)
@@ -27,9 +32,15 @@ def main(argv) -> None:
     logging.getLogger("jaxdiff").setLevel(logging.INFO)
     try:
         report = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as error:
+    except (ConfigError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except TrainingInterrupted as stop:  # SIGTERM / SIGINT: a checkpoint was saved
+        print(f"stopped: {stop}", file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     print(format_report(report))
 
 
@@ -46,6 +57,8 @@ def format_report(report: dict) -> str:
                    f"(train-vs-test floor {report['digits_fd_floor']:.3f})")
         if "class_accuracy" in report:
             quality += f"; class accuracy {report['class_accuracy']:.3f}"
+    elif "fid" in report:
+        quality = f"FID {report['fid']:.2f} over {int(report['fid_num_images'])} samples"
     else:
         quality = "samples written"
     return (f"step {report['step']}: {quality}; {report['num_samples']} samples by "

@@ -52,6 +52,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.train.log_every = 200
     config.train.checkpoint_every = 5_000
     config.train.keep_checkpoints = 3
+    config.train.max_skipped_steps = 20  # stop after this many consecutive non-finite steps
 
     config.ema = ml_collections.ConfigDict()
     config.ema.decay = 0.999

@@ -17,14 +17,24 @@ from jaxdiff.diffusion import (
     q_sample,
     target_for,
 )
-from jaxdiff.losses import LOSS_TYPES, WEIGHTINGS, diffusion_loss, loss_weights
+from jaxdiff.losses import (
+    COND_DROP_SCHEDULES,
+    LOSS_TYPES,
+    WEIGHTINGS,
+    cond_drop_schedule,
+    diffusion_loss,
+    drop_condition,
+    loss_weights,
+)
 from jaxdiff.samplers import (
     TIMESTEP_SPACINGS,
     VARIANCES,
+    classifier_free_guidance,
     ddim_coefficients,
     ddim_sample,
     ddim_timesteps,
     ddpm_sample,
+    guide,
 )
 from jaxdiff.schedules import SCHEDULE_KINDS, Schedule, make_schedule, schedule_from_betas
 

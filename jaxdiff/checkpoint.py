@@ -5,16 +5,38 @@ Layout of a workdir:
   run.json           what is needed to rebuild the run without data (data shape, statistics)
   checkpoints/<step> Orbax checkpoints of `TrainState` (atomic: written to a temporary
                      directory and renamed when complete, so a kill never leaves a half step)
+  checkpoints_damaged/<step>
+                     checkpoints that could not be read, moved aside (never deleted) by
+                     `restore_newest_good` so that training can save that step again
+
+A checkpoint damaged after Orbax finalised it (a truncated file, a disk error) is detected when it
+is restored: `restore_newest_good` then falls back to the next older one with a warning naming
+both.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+
+logger = logging.getLogger("jaxdiff")
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint where one was expected (one line, naming the checkpoint)."""
+
+
+def error_summary(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    line = text[0] if text else ""
+    return f"{type(error).__name__}: {line[:160]}{'...' if len(line) > 160 else ''}"
 
 
 class Checkpointer:
@@ -41,6 +63,43 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+    def path(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def restore_newest_good(self, abstract_state: Any) -> tuple[Any, int] | None:
+        """Restore the newest checkpoint that reads back, newest first; damaged ones are moved to
+        checkpoints_damaged/ with a warning naming them and the one used instead. Returns
+        (state, step), None when there is no checkpoint at all, and raises CheckpointError when
+        there are checkpoints but none is readable."""
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
+            return None
+        failures = []
+        for position, step in enumerate(steps):
+            try:
+                state = self.restore(abstract_state, step)
+            except Exception as error:  # noqa: BLE001 - any read failure means "damaged"
+                failures.append(f"{self.path(step)} ({error_summary(error)})")
+                following = steps[position + 1] if position + 1 < len(steps) else None
+                logger.warning("checkpoint %s is damaged (%s); %s", self.path(step),
+                               error_summary(error), f"falling back to {self.path(following)}"
+                               if following is not None else "no older checkpoint is left")
+                continue
+            for damaged in steps[:position]:
+                self._move_aside(damaged)
+            return state, step
+        raise CheckpointError(f"no usable checkpoint in {self.directory}: "
+                              + "; ".join(failures))
+
+    def _move_aside(self, step: int) -> None:
+        target = os.path.join(os.path.dirname(self.directory), "checkpoints_damaged", str(step))
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.move(self.path(step), target)
+        self._manager.reload()
+        logger.warning("moved the damaged checkpoint %s to %s", self.path(step), target)
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -16,17 +16,23 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdiff.checkpoint import Checkpointer, read_json
+from jaxdiff.checkpoint import Checkpointer, CheckpointError, error_summary, read_json
 from jaxdiff.data import TOY2D_NAMES, Standardizer
 from jaxdiff.data.images import TFDS_SETS, to_uint8
 from jaxdiff.diffusion import OBJECTIVES
-from jaxdiff.losses import LOSS_TYPES, WEIGHTINGS
+from jaxdiff.losses import COND_DROP_SCHEDULES, LOSS_TYPES, WEIGHTINGS, cond_drop_schedule
 from jaxdiff.models import MLPDenoiser
-from jaxdiff.samplers import TIMESTEP_SPACINGS, VARIANCES, ddim_sample, ddpm_sample
+from jaxdiff.samplers import (
+    TIMESTEP_SPACINGS,
+    VARIANCES,
+    check_per_example,
+    ddim_sample,
+    ddpm_sample,
+)
 from jaxdiff.schedules import SCHEDULE_KINDS, Schedule, make_schedule
 from jaxdiff.training import TrainState, create_train_state, make_optimizer
 
-MODELS = ("mlp", "unet")
+MODELS = ("mlp", "unet", "ddpm_unet")
 DTYPES = ("float32", "bfloat16")
 POINT_SETS = TOY2D_NAMES + ("array",)
 IMAGE_SETS = tuple(TFDS_SETS) + ("folder",)
@@ -99,8 +105,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("model.dim", lambda v: _is_int(v) and v >= 8, "an integer >= 8"),
         ("model.dim_mults", lambda v: len(v) >= 1 and all(_is_int(m) and m >= 1 for m in v),
          "a non-empty tuple of integers >= 1, e.g. (1, 2, 4, 8)"),
+        ("model.resnet_block_groups", lambda v: v is None or (_is_int(v) and v >= 1),
+         "an integer >= 1 (GroupNorm groups), or None for RMSNorm"),
+        ("model.num_res_blocks", positive_int, "an integer >= 1"),
+        ("model.attn_resolutions", lambda v: all(_is_int(r) and r >= 1 for r in v),
+         "a tuple of feature-map sizes, e.g. (16,)"),
         ("model.dropout", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
         ("model.num_classes", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: unconditional)"),
+        ("model.cond_drop_prob", lambda v: _is_number(v) and 0 <= v <= 1,
+         "a number in [0, 1] (label dropout for classifier-free guidance)"),
         ("model.self_condition", *boolean),
         ("model.learned_sinusoidal_cond", *boolean),
         ("model.dtype", lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
@@ -122,6 +135,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("train.log_every", positive_int, "an integer >= 1"),
         ("train.checkpoint_every", positive_int, "an integer >= 1"),
         ("train.keep_checkpoints", positive_int, "an integer >= 1"),
+        ("train.max_skipped_steps", positive_int, "an integer >= 1"),
+        ("train.cond_drop_schedule", lambda v: v in COND_DROP_SCHEDULES,
+         f"one of {', '.join(COND_DROP_SCHEDULES)}"),
+        ("train.cond_drop_start", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
         ("ema.decay", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
         ("ema.warmup", *boolean),
         ("sample.sampler", lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
@@ -131,12 +148,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("sample.clip_x0", *boolean),
         ("sample.timestep_spacing", lambda v: v in TIMESTEP_SPACINGS,
          f"one of {', '.join(TIMESTEP_SPACINGS)}"),
+        ("sample.guidance_scale", lambda v: _is_number(v) and 0 <= v < float("inf"),
+         "a number >= 0 (1: plain conditional sampling, 0: unconditional)"),
+        ("sample.guidance_rescale", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
         ("eval.num_samples", positive_int, "an integer >= 1"),
         ("eval.plots", *boolean),
         ("eval.sample_every", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: never)"),
+        ("eval.guidance_scales", lambda v: all(_is_number(s) and 0 <= s < float("inf") for s in v),
+         "a tuple of numbers >= 0, e.g. (0, 1, 2, 3) (empty: no guidance sweep)"),
+        ("eval.inception_path", lambda v: isinstance(v, str) and (v == "" or os.path.isfile(v)),
+         "'' or the path of pytorch-fid's pt_inception-2015-12-05 weight file"),
     ]
     for field, ok, allowed in checks:
         _require(config, field, ok, allowed)
+    _validate_guidance(config)
     timesteps = config.diffusion.timesteps
     _require(config, "sample.steps", lambda v: v <= timesteps,
              f"DDIM steps must be <= diffusion.timesteps={timesteps}")
@@ -154,13 +179,73 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not image_data and config.model.name != "mlp":
         raise ConfigError(f"config.model.name={config.model.name!r} is invalid for point data "
                           f"data.name={config.data.name!r}: use mlp")
-    if config.model.name == "unet":
+    if config.model.name in ("unet", "ddpm_unet"):
         size, mults = config.data.image_size, tuple(config.model.dim_mults)
         factor = 2 ** (len(mults) - 1)
         if size % factor:
             raise ConfigError(
                 f"config.data.image_size={size} is invalid: the U-Net with dim_mults={mults} "
                 f"halves it {len(mults) - 1} times, so it must be divisible by {factor}")
+        groups = 32 if config.model.name == "ddpm_unet" else config.model.get("resnet_block_groups")
+        field = "model.dim" if config.model.name == "ddpm_unet" else "model.resnet_block_groups"
+        widths = [config.model.dim * m for m in mults]
+        if groups and any(width % groups for width in widths):
+            raise ConfigError(
+                f"config.{field}={_get(config, field)!r} is invalid: GroupNorm with {groups} "
+                f"groups needs every width dim * dim_mults = {widths} to be divisible by {groups}")
+
+
+def _validate_guidance(config) -> None:
+    """Label dropout and guidance need a class-conditional model; guidance needs dropout."""
+    num_classes = config.model.num_classes
+    drop = config.model.get("cond_drop_prob", 0.0)
+    schedule = config.get("train", {}).get("cond_drop_schedule", "constant")
+    off = {"sample.guidance_scale": lambda v: v == 1, "sample.guidance_rescale": lambda v: v == 0,
+           "eval.guidance_scales": lambda v: len(v) == 0}
+    in_use = {field: _get(config, field) for field in off}
+    in_use = {field: value for field, value in in_use.items()
+              if value is not _MISSING and not off[field](value)}
+    if not num_classes:
+        if drop:
+            raise ConfigError(f"config.model.cond_drop_prob={drop!r} is invalid: label dropout "
+                              f"needs a class-conditional model (model.num_classes > 0)")
+        for field, value in in_use.items():
+            raise ConfigError(f"config.{field}={value!r} is invalid: classifier-free guidance "
+                              f"needs a class-conditional model (model.num_classes > 0)")
+        return
+    if not drop and schedule == "constant":
+        for field, value in in_use.items():
+            raise ConfigError(
+                f"config.{field}={value!r} is invalid: guidance needs the unconditional "
+                f"(null-class) prediction, which a model trained with model.cond_drop_prob=0 "
+                f"never learned; set model.cond_drop_prob (e.g. 0.1)")
+
+
+def check_labels(labels, num_classes: int, num_samples: int | None = None) -> np.ndarray:
+    """Class labels as int32 [N], or ConfigError naming the bad value: an unconditional model,
+    non-integers, labels outside [0, num_classes), or a count other than `num_samples`."""
+    if not num_classes:
+        raise ConfigError(f"labels={_short(labels)} are invalid: the model is unconditional "
+                          f"(model.num_classes=0)")
+    array = np.asarray(labels)
+    if array.ndim == 0:
+        array = np.full((num_samples or 1,), array)
+    if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
+        raise ConfigError(f"labels={_short(labels)} are invalid: a 1-D sequence of integer "
+                          f"class indices")
+    bad = array[(array < 0) | (array >= num_classes)]
+    if bad.size:
+        raise ConfigError(f"labels={_short(labels)} are invalid: label {int(bad[0])} is outside "
+                          f"[0, num_classes={num_classes})")
+    if num_samples is not None and len(array) != num_samples:
+        raise ConfigError(f"labels has {len(array)} entries for {num_samples} samples: give one "
+                          f"label per sample (or a single label for all)")
+    return array.astype(np.int32)
+
+
+def _short(value) -> str:
+    text = repr(np.asarray(value).tolist()) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def build_model(config: ml_collections.ConfigDict):
@@ -172,14 +257,22 @@ def build_model(config: ml_collections.ConfigDict):
             num_classes=model.num_classes, self_condition=model.self_condition,
             dropout=model.dropout, fourier_features=model.get("fourier_features", 0),
         )
-    from jaxdiff.models.unet import Unet
+    from jaxdiff.models.unet import DDPMUnet, Unet
 
     dtype = jnp.bfloat16 if model.get("dtype", "float32") == "bfloat16" else jnp.float32
+    if model.name == "ddpm_unet":
+        return DDPMUnet(
+            ch=model.dim, ch_mult=tuple(model.dim_mults), num_res_blocks=model.num_res_blocks,
+            attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
+            channels=config.data.channels, num_classes=model.num_classes,
+            self_condition=model.self_condition, dtype=dtype, param_dtype=jnp.float32,
+        )
     return Unet(
         dim=model.dim, dim_mults=tuple(model.dim_mults), channels=config.data.channels,
         dropout=model.dropout, self_condition=model.self_condition,
         num_classes=model.num_classes,
         learned_sinusoidal_cond=model.get("learned_sinusoidal_cond", False),
+        resnet_block_groups=model.get("resnet_block_groups", 8),
         dtype=dtype, param_dtype=jnp.float32,
     )
 
@@ -198,12 +291,26 @@ def build_optimizer(config: ml_collections.ConfigDict):
 
 
 def loss_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`diffusion_loss` arguments; with label dropout also `null_cond` (the null class) and
+    `cond_drop_prob` (a constant, or a schedule of the step that the train step evaluates)."""
     diffusion = config.diffusion
-    return dict(
+    kwargs = dict(
         objective=diffusion.objective, loss_type=diffusion.loss_type,
         weighting=diffusion.weighting, min_snr_gamma=float(diffusion.min_snr_gamma),
         self_condition=config.model.self_condition,
     )
+    num_classes = config.model.num_classes
+    probability = float(config.model.get("cond_drop_prob", 0.0))
+    kind = config.get("train", {}).get("cond_drop_schedule", "constant")
+    if num_classes and (probability > 0 or kind != "constant"):
+        if kind == "constant":
+            kwargs["cond_drop_prob"] = probability
+        else:
+            kwargs["cond_drop_prob"] = cond_drop_schedule(
+                kind, probability, start=float(config.train.get("cond_drop_start", 1.0)),
+                total_steps=config.train.steps)
+        kwargs["null_cond"] = {"labels": num_classes}
+    return kwargs
 
 
 def init_state(config, model, optimizer, data_shape: tuple[int, ...]) -> TrainState:
@@ -238,27 +345,67 @@ class Run(NamedTuple):
 
     def sample(self, num_samples: int, *, seed: int = 0, sampler: str | None = None,
                steps: int | None = None, eta: float | None = None, labels=None,
-               return_trajectory: bool = False):
-        """Samples in data space (and the data-space trajectory [S, N, ...] when asked)."""
+               return_trajectory: bool = False, guidance_scale=None, guidance_rescale=None,
+               x_T=None):
+        """Samples in data space (and the data-space trajectory [S, N, ...] when asked).
+
+        `labels` (one class per sample, or one for all) and classifier-free guidance as in
+        `sample_model`; `x_T` starts from given model-space noise.
+        """
         out = sample_model(
             self.model_fn, self.schedule, self.config, (num_samples,) + self.data_shape,
             key=jax.random.key(seed), sampler=sampler, steps=steps, eta=eta, labels=labels,
-            return_trajectory=return_trajectory,
+            return_trajectory=return_trajectory, guidance_scale=guidance_scale,
+            guidance_rescale=guidance_rescale, x_T=x_T,
         )
         if return_trajectory:
             return self.to_data_space(out[0]), self.to_data_space(out[1])
         return self.to_data_space(out)
 
+    def sample_classes(self, labels, guidance_scales=(1.0,), num_per_cell: int = 1, *,
+                       seed: int = 0, sampler: str | None = None, steps: int | None = None,
+                       eta: float | None = None, guidance_rescale=None) -> np.ndarray:
+        """Data-space samples [len(labels), len(guidance_scales), num_per_cell, ...] in one
+        batched (guided) sampler call: row = class, column = guidance scale. Every cell starts
+        from the same `num_per_cell` draws of x_T, so along a row only the scale changes (with
+        DDIM eta = 0 nothing else does)."""
+        labels = check_labels(labels, self.config.model.num_classes)
+        scales = np.asarray(guidance_scales, np.float32).reshape(-1)
+        if scales.size == 0 or num_per_cell < 1:
+            raise ConfigError(f"need at least one guidance scale and num_per_cell >= 1, got "
+                              f"guidance_scales={_short(guidance_scales)}, "
+                              f"num_per_cell={num_per_cell}")
+        cells = (len(labels), len(scales), num_per_cell)
+        noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), 1),
+                                  (num_per_cell,) + self.data_shape)
+        x_T = jnp.broadcast_to(noise, cells[:2] + noise.shape).reshape((-1,) + self.data_shape)
+        out = self.sample(
+            int(np.prod(cells)), seed=seed, sampler=sampler, steps=steps, eta=eta,
+            labels=np.repeat(labels, len(scales) * num_per_cell),
+            guidance_scale=(float(scales[0]) if len(scales) == 1
+                            else np.tile(np.repeat(scales, num_per_cell), len(labels))),
+            guidance_rescale=guidance_rescale, x_T=x_T,
+        )
+        return out.reshape(cells + out.shape[1:])
+
 
 def sample_model(model_fn, schedule: Schedule, config, shape, *, key, sampler=None, steps=None,
-                 eta=None, labels=None, return_trajectory=False):
-    """Run the sampler chosen in `config.sample` (overridable) in model space."""
+                 eta=None, labels=None, return_trajectory=False, guidance_scale=None,
+                 guidance_rescale=None, x_T=None):
+    """Run the sampler chosen in `config.sample` (overridable) in model space.
+
+    A class-conditional model samples the classes `labels` (one per sample, or one for all;
+    checked against [0, model.num_classes)), or unconditionally (its null class) without them.
+    With labels, classifier-free guidance uses `guidance_scale` and `guidance_rescale` (numbers
+    or one per sample; default `config.sample.guidance_scale` / `guidance_rescale`). A scale of
+    exactly 1 without rescaling is plain conditional sampling and skips the unconditional half.
+    """
     options = config.sample
     sampler = sampler or options.sampler
-    cond = {} if labels is None else {"labels": jnp.asarray(labels, jnp.int32)}
+    cond, guidance = _conditioning(config, shape[0], labels, guidance_scale, guidance_rescale)
     common = dict(key=key, shape=shape, objective=config.diffusion.objective,
                   clip_x0=options.clip_x0, return_trajectory=return_trajectory,
-                  self_condition=config.model.self_condition, cond=cond)
+                  self_condition=config.model.self_condition, cond=cond, x_T=x_T, **guidance)
     if sampler == "ddpm":
         return ddpm_sample(model_fn, schedule, variance=options.variance, **common)
     if sampler == "ddim":
@@ -268,6 +415,37 @@ def sample_model(model_fn, schedule: Schedule, config, shape, *, key, sampler=No
             timestep_spacing=options.timestep_spacing, **common,
         )
     raise ConfigError(f"sampler={sampler!r} is invalid: one of {', '.join(SAMPLERS)}")
+
+
+def _conditioning(config, num_samples: int, labels, guidance_scale, guidance_rescale):
+    """The sampler's `cond` and guidance arguments, or ConfigError naming the bad value."""
+    num_classes = config.model.num_classes
+    explicit = {name: value for name, value in
+                (("guidance_scale", guidance_scale), ("guidance_rescale", guidance_rescale))
+                if value is not None}
+    if labels is None:
+        for name, value in explicit.items():
+            if not num_classes:
+                raise ConfigError(f"{name}={_short(value)} is invalid: classifier-free guidance "
+                                  f"needs a class-conditional model (model.num_classes > 0)")
+            raise ConfigError(f"{name}={_short(value)} is invalid without labels: give the "
+                              f"classes to guide towards")
+        return {}, {}
+    cond = {"labels": jnp.asarray(check_labels(labels, num_classes, num_samples))}
+    scale = config.sample.get("guidance_scale", 1.0) if guidance_scale is None else guidance_scale
+    rescale = (config.sample.get("guidance_rescale", 0.0) if guidance_rescale is None
+               else guidance_rescale)
+    plain = all(isinstance(v, (int, float, np.integer, np.floating)) for v in (scale, rescale))
+    if plain and scale == 1 and rescale == 0:
+        return cond, {}
+    for name, value, low, high in (("guidance_scale", scale, None, None),
+                                   ("guidance_rescale", rescale, 0.0, 1.0)):
+        try:
+            check_per_example(name, value, num_samples, low, high)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    return cond, dict(guidance_scale=scale, guidance_rescale=rescale,
+                      null_cond={"labels": num_classes})
 
 
 def load_run(workdir: str, step: int | None = None) -> Run:
@@ -283,10 +461,21 @@ def load_run(workdir: str, step: int | None = None) -> Run:
     abstract = jax.eval_shape(lambda: init_state(config, model, optimizer, data_shape))
     checkpointer = Checkpointer(workdir)
     try:
-        if checkpointer.latest_step() is None:
-            raise ConfigError(f"workdir={workdir!r} holds no checkpoint in {checkpointer.directory}")
-        state = checkpointer.restore(abstract, step)
-        restored_step = step if step is not None else checkpointer.latest_step()
+        if step is None:
+            restored = checkpointer.restore_newest_good(abstract)
+            if restored is None:
+                raise ConfigError(f"workdir={workdir!r} holds no checkpoint in "
+                                  f"{checkpointer.directory}")
+            state, restored_step = restored
+        else:
+            if step not in checkpointer.all_steps():
+                raise ConfigError(f"step={step} is invalid: {checkpointer.directory} holds steps "
+                                  f"{checkpointer.all_steps()}")
+            try:
+                state, restored_step = checkpointer.restore(abstract, step), step
+            except Exception as error:  # noqa: BLE001 - a damaged checkpoint
+                raise CheckpointError(f"checkpoint {checkpointer.path(step)} is unreadable: "
+                                      f"{error_summary(error)}") from None
     finally:
         checkpointer.close()
     return Run(

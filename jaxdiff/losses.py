@@ -8,6 +8,10 @@ weighting and self-conditioning (Chen et al. 2022, "Analog Bits", sec. 3).
 A model is any function `model_fn(x_t, t, **cond) -> output`, output shaped like x_t. With
 self-conditioning it must also accept the keyword `x_self_cond` (an x0 estimate shaped like x_t,
 zeros when there is none).
+
+Classifier-free guidance needs one model that is both conditional and unconditional: with
+`cond_drop_prob` > 0 each example's condition is replaced by `null_cond` (e.g. the null class)
+with that probability (Ho & Salimans 2022, algorithm 1); see `drop_condition`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from jaxdiff.schedules import Schedule
 
 WEIGHTINGS = ("none", "min_snr", "eps")
 LOSS_TYPES = ("l2", "l1")
+COND_DROP_SCHEDULES = ("constant", "linear")
 
 
 def loss_weights(
@@ -50,6 +55,67 @@ def loss_weights(
     if objective == "pred_x0":
         return clipped
     return clipped / (snr + 1.0)
+
+
+def drop_condition(
+    cond: Mapping[str, Array],
+    null_cond: Mapping[str, Array],
+    key: Array,
+    probability,
+) -> dict[str, Array]:
+    """Label (condition) dropout for classifier-free guidance (Ho & Salimans 2022, algorithm 1).
+
+    Each example independently, with probability `probability` (a number or a traced scalar),
+    has every entry of `cond` named in `null_cond` replaced by that entry (broadcast to the
+    example's shape: `{"labels": num_classes}` puts the null class in). The whole condition of an
+    example is dropped or kept together. (The DLI seed draws its Bernoulli mask per one-hot
+    component, but only the component of the true class is non-zero, so that also drops each
+    example's label with probability p.)
+    """
+    unknown = sorted(set(null_cond) - set(cond))
+    if unknown:
+        raise ValueError(f"null_cond names {unknown}, which are not in cond {sorted(cond)}")
+    out = dict(cond)
+    if not null_cond:
+        return out
+    batch = jnp.shape(cond[next(iter(null_cond))])[0]
+    drop = jax.random.bernoulli(key, probability, (batch,))
+    for name, null in null_cond.items():
+        value = jnp.asarray(cond[name])
+        null = jnp.broadcast_to(jnp.asarray(null, value.dtype), value.shape)
+        mask = drop.reshape((batch,) + (1,) * (value.ndim - 1))
+        out[name] = jnp.where(mask, null, value)
+    return out
+
+
+def cond_drop_schedule(
+    kind: str, probability: float, *, start: float = 1.0, total_steps: int = 1
+) -> Callable[[Array], Array]:
+    """The label-dropout probability as a function of the training step.
+
+    kind:
+      "constant"  p(step) = probability.
+      "linear"    p(step) = max(probability, start (1 - step / total_steps)): linear decay from
+                  `start` towards 0, floored at `probability`. With start = 1, probability = 0.1
+                  it is the DLI seed's c_drop_prob = max(0.1, 1 - epoch / epochs), in steps
+                  instead of whole epochs: early training is mostly unconditional.
+    """
+    if kind not in COND_DROP_SCHEDULES:
+        raise ValueError(f"unknown cond_drop_schedule={kind!r}; choose one of "
+                         f"{', '.join(COND_DROP_SCHEDULES)}")
+    for name, value in (("cond_drop_prob", probability), ("cond_drop_start", start)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}={value} must be in [0, 1]")
+    if kind == "constant":
+        return lambda step: jnp.asarray(probability, jnp.float32)
+    if total_steps < 1:
+        raise ValueError(f"total_steps={total_steps} must be >= 1")
+
+    def linear(step: Array) -> Array:
+        fraction = jnp.asarray(step, jnp.float32) / total_steps
+        return jnp.maximum(probability, start * (1.0 - fraction)).astype(jnp.float32)
+
+    return linear
 
 
 def self_condition_input(
@@ -93,17 +159,29 @@ def diffusion_loss(
     cond: Mapping[str, Array] | None = None,
     t: Array | None = None,
     noise: Array | None = None,
+    cond_drop_prob=0.0,
+    null_cond: Mapping[str, Array] | None = None,
 ) -> tuple[Array, Array]:
     """Monte-Carlo diffusion loss for a batch x0 of shape [B, ...].
 
     Draws t ~ U{0, ..., T-1} and eps ~ N(0, I) (unless given), forms x_t = q_sample(x0, t, eps)
     and returns (mean loss, per-example losses [B]), where the per-example loss is
     w(t) * mean over non-batch axes of |model_fn(x_t, t) - target|^p, p = 2 ("l2") or 1 ("l1").
+
+    With `null_cond`, each example's condition is replaced by it with probability
+    `cond_drop_prob` (a number or a traced scalar from `cond_drop_schedule`) before anything
+    else, so the self-conditioning pass sees the same (possibly dropped) condition.
     """
     check_objective(objective)
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type={loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
     cond = dict(cond or {})
+    if null_cond is not None:
+        key, key_drop = jax.random.split(key)  # only here: runs without dropout keep their keys
+        cond = drop_condition(cond, null_cond, key_drop, cond_drop_prob)
+    elif not isinstance(cond_drop_prob, jax.core.Tracer) and cond_drop_prob != 0:
+        raise ValueError(f"cond_drop_prob={cond_drop_prob} needs null_cond, the condition that "
+                         f"replaces dropped ones (for class labels {{'labels': num_classes}})")
     key_t, key_noise, key_self_cond = jax.random.split(key, 3)
     batch = x0.shape[0]
     if t is None:

@@ -10,6 +10,10 @@ x_T therefore reuses the compiled loop.
 A model is `model_fn(x_t, t, **cond) -> output` with t an int32 [B] array; with
 `self_condition=True` it also takes `x_self_cond`, the previous step's x0 estimate (zeros at the
 first step), as in denoising-diffusion-pytorch.
+
+Classifier-free guidance (Ho & Salimans 2022) is a model wrapper, `classifier_free_guidance`,
+that every sampler applies when given `guidance_scale`: the guided prediction is computed by one
+batched model call inside the same compiled loop, with the scale traced.
 """
 
 from __future__ import annotations
@@ -155,6 +159,131 @@ def _finish(x, trajectory, x_T, return_trajectory):
     return x, jnp.concatenate([x_T[None], trajectory], axis=0)
 
 
+# --- classifier-free guidance ------------------------------------------------------------------
+
+def _per_example(value: Array, ndim: int) -> Array:
+    """A scalar, or a [B] array reshaped to [B, 1, ..., 1] to broadcast against rank `ndim`."""
+    return value if value.ndim == 0 else value.reshape(value.shape + (1,) * (ndim - 1))
+
+
+def guide(output_cond: Array, output_uncond: Array, guidance_scale, guidance_rescale=0.0) -> Array:
+    """Combine a conditional and an unconditional prediction (Ho & Salimans 2022, eq. 6).
+
+    guided = uncond + s (cond - uncond), written (1 - s) uncond + s cond so that s = 1 returns
+    `output_cond` and s = 0 returns `output_uncond` bit for bit (the diffusers convention: s = 1
+    is plain conditional sampling, s = 0 unconditional; Ho & Salimans' w is s - 1).
+
+    With guidance_rescale = phi > 0 (Lin et al. 2024, "Common Diffusion Noise Schedules and
+    Sample Steps are Flawed", sec. 3.4, eqs. 15-16, as diffusers' `rescale_noise_cfg`):
+        rescaled = guided * std(cond) / std(guided),   out = phi rescaled + (1 - phi) guided,
+    with the standard deviations per example over all non-batch axes. It is applied to the
+    arrays given here (the sampler gives it the raw model outputs: eps, x0 or v, whichever the
+    model predicts, as diffusers does), undoing the over-exposure of large scales.
+
+    `guidance_scale` and `guidance_rescale` are scalars or [B] arrays (one value per example).
+    """
+    ndim = output_cond.ndim
+    scale = _per_example(jnp.asarray(guidance_scale, jnp.float32), ndim)
+    phi = _per_example(jnp.asarray(guidance_rescale, jnp.float32), ndim)
+    guided = (1.0 - scale) * output_uncond + scale * output_cond
+    axes = tuple(range(1, ndim))
+    std_cond = jnp.std(output_cond, axis=axes, keepdims=True)
+    std_guided = jnp.std(guided, axis=axes, keepdims=True)
+    positive = std_guided > 0
+    ratio = jnp.where(positive, std_cond / jnp.where(positive, std_guided, 1.0), 1.0)
+    # phi = 0 gives a factor of exactly 1, so plain guidance is not perturbed by rounding
+    return guided * (phi * ratio + (1.0 - phi))
+
+
+def _guided_model(model_fn, guidance_scale, null_cond, guidance_rescale, x, t, **cond):
+    """The model on [x; x] with [cond; null_cond] in one call, split and combined by `guide`."""
+    unknown = sorted(set(null_cond) - set(cond))
+    if unknown:
+        raise ValueError(f"null_cond names {unknown} that the model is not given; the "
+                         f"condition holds {sorted(cond)}")
+    batch = x.shape[0]
+    doubled = {}
+    for name, value in cond.items():
+        value = jnp.asarray(value)
+        if name in null_cond:
+            other = jnp.broadcast_to(jnp.asarray(null_cond[name], value.dtype), value.shape)
+        else:  # shared by both halves (x_self_cond, or inputs that guidance should not drop)
+            other = value
+        doubled[name] = jnp.concatenate([value, other], axis=0)
+    output = model_fn(jnp.concatenate([x, x], axis=0), jnp.concatenate([t, t], axis=0), **doubled)
+    return guide(output[:batch], output[batch:], guidance_scale, guidance_rescale)
+
+
+def classifier_free_guidance(
+    model_fn: Callable[..., Array],
+    guidance_scale,
+    null_cond: Mapping[str, Array],
+    guidance_rescale=0.0,
+) -> jax.tree_util.Partial:
+    """A model_fn that returns the classifier-free guided prediction (Ho & Salimans 2022).
+
+    Called as `guided(x_t, t, **cond)`, it runs `model_fn` once on the doubled batch [x_t; x_t]
+    with the condition [cond; null_cond] (each entry of `null_cond` replaces the entry of the
+    same name, broadcast to its shape: for class labels `{"labels": num_classes}`, the null
+    class; entries of `cond` not named in `null_cond`, and `x_self_cond`, are shared by both
+    halves) and combines the halves with `guide`:
+        out = (1 - s) out(x_t, t, null_cond) + s out(x_t, t, cond),  rescaled if phi > 0.
+
+    Guidance works for every objective on the raw outputs. Each of eps, x0 and v is an affine
+    function of the output given (x_t, t): eps = a x_t + b out. The guide weights (1 - s, s)
+    sum to one, so eps(guided out) = (1 - s) eps(uncond) + s eps(cond): guiding x0 or v
+    predictions is exactly guiding eps. (Rescaling with phi > 0 is not affine and acts on the
+    outputs themselves.)
+
+    The result is a `jax.tree_util.Partial` whose parameters, scale, rescale and null condition
+    are traced: a sampler compiled once serves every guidance scale. Scales may be scalars or
+    [B] arrays (one per example, e.g. a sweep of scales in one batch).
+
+    The DLI seed's sampler e_t = w e_keep + (1 - w) e_drop is this with s = w.
+    """
+    return jax.tree_util.Partial(
+        _guided_model, as_pytree_fn(model_fn), jnp.asarray(guidance_scale, jnp.float32),
+        {name: jnp.asarray(value) for name, value in dict(null_cond).items()},
+        jnp.asarray(guidance_rescale, jnp.float32),
+    )
+
+
+def check_per_example(name: str, value, batch: int, low: float | None = None,
+                      high: float | None = None) -> None:
+    """Raise a ValueError naming `name` unless `value` is a finite number or a [batch] array of
+    them within [low, high] (traced values are not checked)."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    array = np.asarray(value)
+    if array.shape not in ((), (batch,)) or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{name} must be a number or an array of shape ({batch},), got "
+                         f"{name}={value!r}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must be finite, got {name}={value!r}")
+    if (low is not None and np.any(array < low)) or (high is not None and np.any(array > high)):
+        raise ValueError(f"{name} must be in [{low}, {high}], got {name}={value!r}")
+
+
+def _guided_model_fn(model_fn, cond, shape, guidance_scale, guidance_rescale, null_cond):
+    """`model_fn` itself, or wrapped by `classifier_free_guidance` when a scale is given."""
+    if guidance_scale is None:
+        if null_cond is not None:
+            raise ValueError("null_cond is only used with guidance_scale; got guidance_scale=None")
+        return as_pytree_fn(model_fn)
+    if not cond:
+        raise ValueError(f"guidance_scale={guidance_scale!r} needs a conditional model and its "
+                         f"condition: pass cond (e.g. {{'labels': labels}}) and null_cond")
+    if null_cond is None:
+        raise ValueError(f"guidance_scale={guidance_scale!r} needs null_cond, the condition of the "
+                         f"unconditional prediction (for class labels {{'labels': num_classes}})")
+    unknown = sorted(set(null_cond) - set(cond))
+    if unknown:
+        raise ValueError(f"null_cond names {unknown}, which are not in cond {sorted(cond)}")
+    check_per_example("guidance_scale", guidance_scale, shape[0])
+    check_per_example("guidance_rescale", guidance_rescale, shape[0], 0.0, 1.0)
+    return classifier_free_guidance(model_fn, guidance_scale, null_cond, guidance_rescale)
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("shape", "objective", "clip_x0", "variance", "self_condition",
@@ -196,6 +325,9 @@ def ddpm_sample(
     return_trajectory: bool = False,
     self_condition: bool = False,
     cond: Mapping[str, Array] | None = None,
+    guidance_scale=None,
+    guidance_rescale=0.0,
+    null_cond: Mapping[str, Array] | None = None,
 ):
     """Ancestral sampling of Ho et al. 2020 (algorithm 2) over all T steps.
 
@@ -206,13 +338,20 @@ def ddpm_sample(
     Returns samples of `shape`, or (samples, trajectory) with trajectory [T + 1, *shape] holding
     x_T, x_{T-1}, ..., x_0 when `return_trajectory`. `cond` holds extra model inputs (e.g.
     class labels) passed as keywords to `model_fn`.
+
+    Classifier-free guidance: with `guidance_scale` s (a number or one per example; traced, so
+    new scales do not recompile) every step uses `classifier_free_guidance(model_fn, s,
+    null_cond, guidance_rescale)`: one model call on the doubled batch, (1 - s) uncond + s cond.
+    `null_cond` is the unconditional input, e.g. `{"labels": num_classes}` for the null class.
     """
     check_objective(objective)
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance={variance!r}; choose one of {', '.join(VARIANCES)}")
     shape = _check_shape(shape)
+    cond = dict(cond or {})
+    model_fn = _guided_model_fn(model_fn, cond, shape, guidance_scale, guidance_rescale, null_cond)
     return _ddpm_loop(
-        as_pytree_fn(model_fn), s, key, _check_x_T(x_T, shape), dict(cond or {}), shape=shape,
+        model_fn, s, key, _check_x_T(x_T, shape), cond, shape=shape,
         objective=objective,
         clip_x0=bool(clip_x0), variance=variance, self_condition=bool(self_condition),
         return_trajectory=bool(return_trajectory),
@@ -276,6 +415,9 @@ def ddim_sample(
     return_trajectory: bool = False,
     self_condition: bool = False,
     cond: Mapping[str, Array] | None = None,
+    guidance_scale=None,
+    guidance_rescale=0.0,
+    null_cond: Mapping[str, Array] | None = None,
 ):
     """DDIM sampling (Song et al. 2021, eq. 12) on `num_steps` of the T training times.
 
@@ -285,7 +427,8 @@ def ddim_sample(
     abar = 1 and returns x0_hat. `eta` is traced: changing it does not recompile.
 
     Returns samples of `shape`, or (samples, trajectory [num_steps + 1, *shape]) with
-    `return_trajectory`. See `ddim_timesteps` for `timestep_spacing`.
+    `return_trajectory`. See `ddim_timesteps` for `timestep_spacing`; `cond`, `guidance_scale`,
+    `guidance_rescale` and `null_cond` are as in `ddpm_sample` (classifier-free guidance).
     """
     check_objective(objective)
     check_num_steps(num_steps, s.timesteps)
@@ -297,8 +440,10 @@ def ddim_sample(
     if not isinstance(eta, jax.core.Tracer) and np.any(np.asarray(eta) < 0):
         raise ValueError(f"eta must be >= 0, got eta={eta}")
     shape = _check_shape(shape)
+    cond = dict(cond or {})
+    model_fn = _guided_model_fn(model_fn, cond, shape, guidance_scale, guidance_rescale, null_cond)
     return _ddim_loop(
-        as_pytree_fn(model_fn), s, key, _check_x_T(x_T, shape), dict(cond or {}),
+        model_fn, s, key, _check_x_T(x_T, shape), cond,
         jnp.asarray(eta, jnp.float32), shape=shape,
         num_steps=int(num_steps), objective=objective, clip_x0=bool(clip_x0),
         timestep_spacing=timestep_spacing, self_condition=bool(self_condition),

@@ -12,6 +12,8 @@ import functools
 import json
 import logging
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -22,7 +24,8 @@ from tqdm import tqdm
 from jaxdiff import evaluation, experiment, plotting
 from jaxdiff.checkpoint import Checkpointer, read_json, write_json
 from jaxdiff.data import make_point_source
-from jaxdiff.data.images import make_folder_source, make_tfds_source, to_uint8
+from jaxdiff.data.images import (make_folder_source, make_tfds_source, prefetch_batches,
+                                 to_uint8)
 from jaxdiff.diffusion import q_sample
 from jaxdiff.training import make_train_step
 
@@ -61,6 +64,14 @@ def prepare(config: ml_collections.ConfigDict):
         raise experiment.ConfigError(
             f"config.model.num_classes={num_classes} is invalid: data.name={config.data.name!r} "
             f"has {source.num_classes} classes")
+    size = getattr(source, "length", None)
+    if size is None and getattr(source, "array", None) is not None:
+        size = len(source.array)
+    if size is not None and size < config.train.batch_size:
+        where = f"data.path={config.data.path!r}" if config.data.path else f"data.name={config.data.name!r}"
+        raise experiment.ConfigError(
+            f"config.train.batch_size={config.train.batch_size} is invalid: {where} holds only "
+            f"{size} examples, fewer than one batch")
     return source
 
 
@@ -105,8 +116,13 @@ class _MetricWriter:
         self._writer.close()
 
 
-def _training_batch(source, step: int, config) -> dict[str, np.ndarray]:
-    batch = source.batch(step, config.train.batch_size)
+def _training_batches(source, start: int, total: int, config):
+    """The batches of steps start..total-1, read ahead by a bounded background thread."""
+    for batch in prefetch_batches(source, range(start, total), config.train.batch_size):
+        yield _model_batch(batch, config)
+
+
+def _model_batch(batch, config) -> dict[str, np.ndarray]:
     if not isinstance(batch, dict):
         batch = {"x": batch}
     if not config.model.num_classes:
@@ -124,8 +140,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = experiment.init_state(config, model, optimizer, data_shape(source))
 
     checkpointer = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
-    if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(state)
+    restored = checkpointer.restore_newest_good(state)
+    if restored is not None:
+        state = restored[0]
         print(f"resuming {workdir} from step {int(state.step)}", flush=True)
     train_step = make_train_step(
         model.apply, optimizer, schedule, loss_kwargs=experiment.loss_kwargs(config),
@@ -137,23 +154,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
                disable=None)
     window_start, window_steps = time.perf_counter(), 0
-    for step in range(start, total):
-        state, metrics = train_step(state, _training_batch(source, step, config))
-        window_steps += 1
-        done = step + 1
-        if done % config.train.log_every == 0 or done == total:
-            metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
-            elapsed = time.perf_counter() - window_start
-            metrics["steps_per_s"] = window_steps / max(elapsed, 1e-9)
-            writer.scalars(done, metrics)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_per_s=f"{metrics['steps_per_s']:.1f}")
-            window_start, window_steps = time.perf_counter(), 0
-        if sample_every and done % sample_every == 0 and done != total:
-            grid = _sample_grid(config, model, schedule, state, source, workdir, done)
-            writer.image(done, "samples", grid)
-        if done % config.train.checkpoint_every == 0 or done == total:
-            checkpointer.save(done, state)
-        bar.update(1)
+    max_streak = config.train.get("max_skipped_steps", 20)
+    with _SignalCatcher() as signals:
+        batches = _training_batches(source, start, total, config)
+        for step, batch in zip(range(start, total), batches):
+            state, metrics = train_step(state, batch)
+            window_steps += 1
+            done = step + 1
+            if done % config.train.log_every == 0 or done == total:
+                streak = int(state.skip_streak)
+                if streak >= max_streak:
+                    checkpointer.wait()
+                    checkpointer.close()
+                    raise TrainingDiverged(
+                        f"step {done}: the last {streak} steps had a non-finite loss or gradient "
+                        f"(train.max_skipped_steps={max_streak}); stopped without saving, the "
+                        f"newest checkpoint in {checkpointer.directory} is the last good state")
+                window_start, window_steps = _log(
+                    done, total, metrics, writer, bar, window_start, window_steps)
+            if sample_every and done % sample_every == 0 and done != total:
+                grid = _sample_grid(config, model, schedule, state, source, workdir, done)
+                writer.image(done, "samples", grid)
+            if done % config.train.checkpoint_every == 0 or done == total:
+                checkpointer.save(done, state)
+            bar.update(1)
+            if signals.received is not None and done != total:
+                if done % config.train.checkpoint_every:
+                    checkpointer.save(done, state)
+                checkpointer.wait()
+                checkpointer.close()
+                bar.close()
+                raise TrainingInterrupted(
+                    signals.received, f"{signal.Signals(signals.received).name} at step {done}: "
+                    f"saved {checkpointer.path(done)}; run the same command to resume")
     bar.close()
     checkpointer.wait()
     checkpointer.close()
@@ -166,6 +199,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            if isinstance(value, float)})
     writer.close()
     return report
+
+
+def _log(done, total, metrics, writer, bar, window_start, window_steps):
+    metrics = {name: float(value) for name, value in jax.device_get(metrics).items()}
+    elapsed = time.perf_counter() - window_start
+    metrics["steps_per_s"] = window_steps / max(elapsed, 1e-9)
+    writer.scalars(done, metrics)
+    bar.set_postfix(loss=f"{metrics['loss']:.4f}", steps_per_s=f"{metrics['steps_per_s']:.1f}")
+    if bar.disable:  # no terminal (a log file, a cluster job): one line per log interval
+        skipped = f", {int(metrics['skipped'])} non-finite steps skipped" if metrics.get(
+            "skipped") else ""
+        print(f"step {done}/{total}: loss {metrics['loss']:.4f}, "
+              f"{metrics['steps_per_s']:.1f} steps/s{skipped}", flush=True)
+    elif metrics.get("skipped"):
+        bar.set_postfix(loss=f"{metrics['loss']:.4f}", skipped=int(metrics["skipped"]))
+    return time.perf_counter(), 0
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM / SIGINT during training: a checkpoint was saved; `signum` says which."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+class _SignalCatcher:
+    """Within the block, SIGTERM and SIGINT (a preemption notice, Ctrl-C) only set `received`;
+    the training loop then saves a checkpoint and stops. The previous handlers come back after."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __enter__(self):
+        self.received, self._previous = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.received is not None:  # a second signal: stop at once
+            signal.default_int_handler(signum, frame)
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
 
 
 def _sample(config, model, schedule, state, shape, *, labels=None, seed=1, **kwargs):
@@ -245,8 +330,50 @@ def evaluate_images(config, workdir, model, schedule, state, source) -> dict:
                                  os.path.join(workdir, "trajectory.png"), nrow=len(frames))
     if config.data.name == "digits":
         report.update(evaluation_digits(images, labels))
+    if config.eval.get("inception_path"):
+        report.update(evaluation_fid(images, source, config))
+    if labels is not None and len(config.eval.get("guidance_scales", ())):
+        report["guidance_sweep"] = guidance_sweep(config, workdir, model, schedule, state, source,
+                                                  labels)
     write_json(os.path.join(workdir, "eval.json"), report)
     return report
+
+
+def guidance_sweep(config, workdir, model, schedule, state, source, labels) -> list[dict]:
+    """Sample the same labels from the same noise at each of `config.eval.guidance_scales`
+    (one compiled sampler: the scale is traced); for the digits report the classifier's accuracy
+    on the requested classes and the digits Fréchet distance per scale. Writes guidance.png:
+    one row per class, one column per scale."""
+    shape = (len(labels),) + data_shape(source)
+    rows, sweep = [], []
+    for scale in config.eval.guidance_scales:
+        start = time.perf_counter()
+        # an array scale keeps s = 1 on the guided path too, so every scale shares one compile
+        images = to_uint8(_sample(config, model, schedule, state, shape, labels=labels,
+                                  guidance_scale=np.full(len(labels), scale, np.float32)))
+        entry = {"guidance_scale": float(scale), "sample_seconds": time.perf_counter() - start}
+        if config.data.name == "digits":
+            metrics = evaluation_digits(images, labels)
+            entry.update(class_accuracy=metrics["class_accuracy"], digits_fd=metrics["digits_fd"])
+        log.info("guidance scale %s: %s", scale, entry)
+        sweep.append(entry)
+        rows.append(images[:config.model.num_classes])
+    grid = np.stack(rows, axis=1)  # [classes, scales, H, W, C]
+    plotting.save_image_grid(grid.reshape((-1,) + grid.shape[2:]),
+                             os.path.join(workdir, "guidance.png"), nrow=len(rows))
+    return sweep
+
+
+def evaluation_fid(images: np.ndarray, source, config) -> dict:
+    """FID (pytorch-fid's Inception-v3 weights) of the samples against as many training images
+    drawn without replacement."""
+    from jaxdiff.fid import frechet_distance_from_features, inception_features
+
+    real, _ = source.fresh(len(images), seed=config.seed + 10_000)
+    path = config.eval.inception_path
+    return {"fid": frechet_distance_from_features(inception_features(images, path),
+                                                  inception_features(real, path)),
+            "fid_num_images": float(len(images))}
 
 
 def evaluation_digits(images: np.ndarray, labels) -> dict:

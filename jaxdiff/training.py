@@ -29,6 +29,8 @@ class TrainState(flax.struct.PyTreeNode):
     ema_params: Any
     opt_state: Any
     rng: Array  # raw uint32 key data (`jax.random.key_data`), storable by Orbax
+    skipped: Array = None  # int32: steps whose loss or gradient was not finite (update skipped)
+    skip_streak: Array = None  # int32: consecutive skipped steps up to now
 
 
 def make_optimizer(
@@ -86,6 +88,8 @@ def create_train_state(params, optimizer: optax.GradientTransformation, key: Arr
         ema_params=jax.tree.map(jnp.copy, params),
         opt_state=optimizer.init(params),
         rng=jax.random.key_data(key),
+        skipped=jnp.zeros((), jnp.int32),
+        skip_streak=jnp.zeros((), jnp.int32),
     )
 
 
@@ -105,9 +109,16 @@ def train_step(
     ema_decay: float,
     ema_warmup: bool,
 ) -> tuple[TrainState, dict[str, Array]]:
-    """One optimiser step on `batch["x"]` (plus `batch["labels"]` for conditional models)."""
+    """One optimiser step on `batch["x"]` (plus `batch["labels"]` for conditional models).
+
+    A callable `loss_kwargs["cond_drop_prob"]` is a schedule of the step (`cond_drop_schedule`):
+    its value at `state.step` is the label-dropout probability, and is logged.
+    """
     key_loss, key_dropout = jax.random.split(step_key(state))
     cond = {name: value for name, value in batch.items() if name != "x"}
+    loss_kwargs = dict(loss_kwargs)
+    if callable(loss_kwargs.get("cond_drop_prob")):
+        loss_kwargs["cond_drop_prob"] = loss_kwargs["cond_drop_prob"](state.step)
 
     def loss_fn(params):
         model_fn = functools.partial(apply_fn, params, train=True, rngs={"dropout": key_dropout})
@@ -116,16 +127,26 @@ def train_step(
         return loss, per_example
 
     (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(state.step, ema_decay, ema_warmup)
+    ema_params = ema_update(state.ema_params, params, decay)
+    # A non-finite loss or gradient skips the whole update (parameters, EMA, optimiser moments);
+    # the step still advances, so the data and noise move on to the next batch.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
     new_state = state.replace(
         step=state.step + 1,
-        params=params,
-        ema_params=ema_update(state.ema_params, params, decay),
-        opt_state=opt_state,
+        params=keep(params, state.params),
+        ema_params=keep(ema_params, state.ema_params),
+        opt_state=keep(opt_state, state.opt_state),
+        skipped=state.skipped + (~finite).astype(jnp.int32),
+        skip_streak=jnp.where(finite, 0, state.skip_streak + 1).astype(jnp.int32),
     )
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": new_state.skipped.astype(jnp.float32)}
+    if loss_kwargs.get("null_cond") is not None:
+        metrics["cond_drop_prob"] = jnp.asarray(loss_kwargs.get("cond_drop_prob", 0.0), jnp.float32)
     return new_state, metrics
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import fid
+from jaxdiff import evaluation, fid
 
 # ----------------------------------------------------------------------------------------------
 # Fréchet distance
@@ -91,13 +91,13 @@ def test_frechet_distance_singular_product_falls_back_to_eps(monkeypatch):
     mu1, mu2 = rng.normal(size=4), rng.normal(size=4)
     s1, s2 = np.diag([1.0, 2.0, 0.0, 0.0]), np.diag([0.5, 0.0, 3.0, 0.0])
     expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(np.diag(s1)) - np.sqrt(np.diag(s2))) ** 2)
-    real_sqrtm, calls = fid.linalg.sqrtm, []
+    real_sqrtm, calls = evaluation.linalg.sqrtm, []
 
     def sqrtm_failing_once(m):
         calls.append(m)
         return np.full_like(m, np.nan) if len(calls) == 1 else real_sqrtm(m)
 
-    monkeypatch.setattr(fid.linalg, "sqrtm", sqrtm_failing_once)
+    monkeypatch.setattr(evaluation.linalg, "sqrtm", sqrtm_failing_once)
     with pytest.warns(RuntimeWarning, match="singular"):
         got = fid.frechet_distance(mu1, s1, mu2, s2, eps=1e-6)
     assert len(calls) == 2
@@ -106,10 +106,10 @@ def test_frechet_distance_singular_product_falls_back_to_eps(monkeypatch):
 
 
 def test_frechet_distance_rejects_large_imaginary_parts(monkeypatch):
-    monkeypatch.setattr(fid.linalg, "sqrtm", lambda m: np.eye(2) * (1 + 0.5j))
+    monkeypatch.setattr(evaluation.linalg, "sqrtm", lambda m: np.eye(2) * (1 + 0.5j))
     with pytest.raises(ValueError, match="imaginary"):
         fid.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2))
-    monkeypatch.setattr(fid.linalg, "sqrtm", lambda m: np.eye(2) * (1 + 1e-9j))
+    monkeypatch.setattr(evaluation.linalg, "sqrtm", lambda m: np.eye(2) * (1 + 1e-9j))
     assert fid.frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.eye(2)) == pytest.approx(0)
 
 

@@ -12,10 +12,11 @@ flipped left-right, and scaled to [-1, 1].
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import os
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -109,6 +110,9 @@ class ImageSource:
         if batch_size % self.process_count:
             raise ValueError(f"train.batch_size={batch_size} is not divisible by the "
                              f"{self.process_count} processes")
+        if batch_size > self.length:  # a batch would repeat images
+            raise ValueError(f"train.batch_size={batch_size} is larger than data.name="
+                             f"{self.name!r}, which holds {self.length} images")
         local = batch_size // self.process_count
         positions = step * batch_size + self.process_index * local + np.arange(local)
         epochs, offsets = np.divmod(positions, self.length)
@@ -134,6 +138,22 @@ class ImageSource:
         return self._load(indices)
 
 
+def prefetch_batches(source, steps: Iterable[int], batch_size: int, *,
+                     size: int = 2) -> Iterator[dict[str, np.ndarray]]:
+    """`source.batch(step, batch_size)` for each step in order, read ahead by one background
+    thread that keeps at most `size` batches waiting (so memory stays bounded)."""
+    if size < 1:
+        raise ValueError(f"prefetch size={size} must be >= 1")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = collections.deque()
+        for step in steps:
+            pending.append(pool.submit(source.batch, step, batch_size))
+            if len(pending) > size:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def tfds_reader(source, image_key: str, label_key: str | None):
     """A `read(indices)` over a `tfds.data_source`."""
 
@@ -151,9 +171,11 @@ def make_tfds_source(name: str, *, split: str = "train", data_dir: str | None = 
                      image_size: int, channels: int, seed: int, random_flip: bool,
                      process_index: int = 0, process_count: int = 1) -> ImageSource:
     """A TFDS image set by our short name (see TFDS_SETS) or any TFDS name with "image" and
-    "label" features. The set must already be prepared in `data_dir` (`tfds build` or
-    `tfds.builder(name).download_and_prepare()`; that step may need TensorFlow: pip install
-    "jaxdiff[tfds]"). "digits" is written on first use from scikit-learn's copy."""
+    "label" features. The set must already be prepared in `data_dir` in a random-access format
+    (`tfds build NAME --file_format=array_record`, or `tfds.builder(name,
+    file_format="array_record").download_and_prepare()`; TFDS's default, TFRecord, cannot be
+    read without TensorFlow, and preparing may itself need TensorFlow). "digits" is written on
+    first use from scikit-learn's copy."""
     import tensorflow_datasets as tfds
 
     tfds_name, image_key, label_key, num_classes = TFDS_SETS.get(name, (name, "image", "label", 0))
@@ -164,11 +186,26 @@ def make_tfds_source(name: str, *, split: str = "train", data_dir: str | None = 
     try:
         source = tfds.data_source(tfds_name, split=split, data_dir=data_dir,
                                   download=False)
-    except Exception as error:  # tfds raises several types for "not found"/"not prepared"
+    except tfds.core.DatasetNotFoundError:
+        raise ValueError(f"data.name={name!r} is neither one of {', '.join(TFDS_SETS)}, folder "
+                         f"nor a TFDS data set name") from None
+    except Exception as error:  # tfds raises several types for "not prepared" / "no such split"
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if first.endswith(":") and ". " in first:  # "... not supported. Possible root causes:"
+            first = first.rsplit(". ", 1)[0] + "."
+        where = f" --data_dir={data_dir}" if data_dir else ""
         raise ValueError(f"data.name={name!r}: TFDS cannot open {tfds_name!r} split {split!r} "
-                         f"in data_dir={data_dir!r} ({first})") from None
+                         f"in data_dir={data_dir!r} ({first}); is it prepared for random access? "
+                         f"`tfds build {tfds_name} --file_format=array_record{where}`") from None
     features = source.dataset_info.features
+    if image_key not in features:
+        raise ValueError(f"data.name={name!r} has no {image_key!r} feature (it has "
+                         f"{', '.join(features.keys())})")
+    # checked here too because sets too large to cache are read only when training starts
+    image_channels = (getattr(features[image_key], "shape", None) or (None,))[-1]
+    if image_channels is not None and image_channels != channels:
+        raise ValueError(f"data.channels={channels} but {name} images have {image_channels} "
+                         f"channel(s)")
     if label_key and label_key not in features:
         label_key = None
     if label_key and not num_classes:

@@ -1,0 +1,232 @@
+"""Training and sampling throughput of jaxdiff's image U-Nets, compile time excluded.
+
+    python benchmarks/throughput.py --dim 32 --dim_mults 1,2,2 --image_size 28 --channels 1 \
+        --batch 64 --steps 20 --warmup 3 --sample_steps 10
+
+prints one JSON line: parameter count, training images/s (the library's jitted train step: loss,
+gradients, clipped AdamW, EMA), sampling image-steps/s (`jaxdiff.ddim_sample`, one network
+evaluation per image and step), compile times, and the train step's FLOPs from XLA's cost
+analysis with the TFLOP/s they imply. Each timing is the median of `--repeats` timed runs.
+
+Inputs are random images already on the device, so the numbers are the model's speed, not the
+data pipeline's. With several devices the batch is split over a 'data' mesh axis and the train
+state is replicated (plain data parallelism); the batch must divide evenly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import jaxdiff
+from jaxdiff.models.unet import DDPMUnet, Unet
+from jaxdiff.training import create_train_state, make_optimizer, make_train_step
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("unet", "ddpm_unet"), default="unet")
+    parser.add_argument("--dim", type=int, default=32, help="Unet dim / DDPMUnet ch")
+    parser.add_argument("--dim_mults", default="1,2,2", help="comma-separated multipliers")
+    parser.add_argument("--image_size", type=int, default=28)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=64, help="global batch (all devices)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype; parameters stay float32")
+    parser.add_argument("--resnet_block_groups", type=int, default=8,
+                        help="Unet Block norm: GroupNorm groups, or 0 for the RMSNorm of "
+                             "denoising-diffusion-pytorch 2.x")
+    parser.add_argument("--num_classes", type=int, default=0,
+                        help="> 0 adds a label embedding and feeds labels")
+    parser.add_argument("--objective", default="pred_noise",
+                        choices=jaxdiff.OBJECTIVES)
+    parser.add_argument("--steps", type=int, default=20, help="timed train steps per repeat")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed train steps first")
+    parser.add_argument("--sample_steps", type=int, default=10, help="DDIM steps per sample call")
+    parser.add_argument("--sample_calls", type=int, default=2, help="timed sample calls per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.dim_mults = tuple(int(m) for m in args.dim_mults.split(","))
+    for name in ("batch", "steps", "sample_steps", "sample_calls", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if args.batch % jax.device_count():
+        parser.error(f"--batch={args.batch} must be divisible by the {jax.device_count()} devices")
+    return args
+
+
+def build_model(args):
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    if args.model == "ddpm_unet":
+        return DDPMUnet(ch=args.dim, ch_mult=args.dim_mults, channels=args.channels,
+                        num_classes=args.num_classes, dtype=dtype, param_dtype=jnp.float32)
+    return Unet(dim=args.dim, dim_mults=args.dim_mults, channels=args.channels,
+                resnet_block_groups=args.resnet_block_groups or None,
+                num_classes=args.num_classes, dtype=dtype, param_dtype=jnp.float32)
+
+
+def shardings() -> tuple[NamedSharding, NamedSharding]:
+    """(batch sharding: leading axis split over 'data', replicated sharding) on all devices."""
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    return NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+
+
+def random_batch(args, key) -> dict[str, jax.Array]:
+    """A training batch as train_loop feeds it: x in [-1, 1] [B, H, W, C], labels int32 [B]."""
+    key_x, key_labels = jax.random.split(key)
+    shape = (args.batch, args.image_size, args.image_size, args.channels)
+    batch = {"x": jax.random.uniform(key_x, shape, jnp.float32, -1.0, 1.0)}
+    if args.num_classes:
+        batch["labels"] = jax.random.randint(key_labels, (args.batch,), 0, args.num_classes,
+                                             jnp.int32)
+    return batch
+
+
+def flops_of(compiled) -> float | None:
+    """FLOPs of one call from XLA's cost analysis (a dict, or a one-element list in older JAX)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def timed(compile_fn):
+    start = time.perf_counter()
+    result = compile_fn()
+    return result, time.perf_counter() - start
+
+
+def benchmark_train(args, model, params, batch_sharding, replicated):
+    """(train img/s per repeat, compile seconds, FLOPs per step)."""
+    optimizer = make_optimizer(1e-4, grad_clip=1.0)
+    schedule = jaxdiff.make_schedule("cosine", 1000)
+    train_step = make_train_step(
+        model.apply, optimizer, schedule,
+        loss_kwargs=dict(objective=args.objective), ema_decay=0.9999,
+    )
+    # A copy: the step donates the state, and the sampler benchmark still needs `params`.
+    params = jax.tree.map(jnp.copy, params)
+    state = jax.device_put(create_train_state(params, optimizer, jax.random.key(args.seed + 1)),
+                           replicated)
+    batches = [jax.device_put(random_batch(args, jax.random.key(args.seed + 2 + i)),
+                              batch_sharding) for i in range(2)]
+    compiled, compile_s = timed(lambda: train_step.lower(state, batches[0]).compile())
+
+    for i in range(args.warmup):
+        state, metrics = compiled(state, batches[i % 2])
+    jax.block_until_ready((state, metrics) if args.warmup else state)
+    rates = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for i in range(args.steps):
+            # Steps are chained through `state`, so blocking on the last one waits for all.
+            state, metrics = compiled(state, batches[i % 2])
+        jax.block_until_ready((state, metrics))
+        rates.append(args.steps * args.batch / (time.perf_counter() - start))
+    if not np.isfinite(float(metrics["loss"])):
+        raise FloatingPointError(f"train loss is {float(metrics['loss'])}")
+    return rates, compile_s, flops_of(compiled)
+
+
+def benchmark_sample(args, model, params, batch_sharding, replicated):
+    """(sample image-steps/s per repeat, compile seconds, FLOPs per call)."""
+    schedule = jaxdiff.make_schedule("cosine", 1000)
+    shape = (args.batch, args.image_size, args.image_size, args.channels)
+    cond = {"labels": jnp.zeros((args.batch,), jnp.int32)} if args.num_classes else None
+
+    @jax.jit
+    def sample(params, key, x_T):
+        return jaxdiff.ddim_sample(
+            functools.partial(model.apply, params), schedule, key=key, shape=shape,
+            num_steps=args.sample_steps, objective=args.objective, x_T=x_T, cond=cond,
+        )
+
+    params = jax.device_put(params, replicated)
+    key = jax.random.key(args.seed + 10)
+    x_T = jax.device_put(jax.random.normal(key, shape, jnp.float32), batch_sharding)
+    compiled, compile_s = timed(lambda: sample.lower(params, key, x_T).compile())
+    jax.block_until_ready(compiled(params, key, x_T))
+    # Made before timing: an eager fold_in compiles on first use.
+    keys = jax.block_until_ready([jax.random.fold_in(key, i) for i in range(args.sample_calls)])
+    rates = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        # Independent calls: block on every output, not only the last.
+        samples = [compiled(params, k, x_T) for k in keys]
+        jax.block_until_ready(samples)
+        rates.append(args.sample_calls * args.batch * args.sample_steps
+                     / (time.perf_counter() - start))
+    if not np.all(np.isfinite(np.asarray(samples[-1]))):
+        raise FloatingPointError("samples are not finite")
+    return rates, compile_s, flops_of(compiled)
+
+
+def cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    model = build_model(args)
+    batch_sharding, replicated = shardings()
+    x = jnp.zeros((1, args.image_size, args.image_size, args.channels), jnp.float32)
+    t = jnp.zeros((1,), jnp.int32)
+    params = jax.jit(model.init)(jax.random.key(args.seed), x, t)
+    num_params = int(sum(leaf.size for leaf in jax.tree.leaves(params)))
+    load_before = os.getloadavg()[0]
+
+    train_rates, train_compile_s, train_flops = benchmark_train(
+        args, model, params, batch_sharding, replicated)
+    sample_rates, sample_compile_s, sample_flops = benchmark_sample(
+        args, model, params, batch_sharding, replicated)
+
+    train_img_per_s = statistics.median(train_rates)
+    step_s = args.batch / train_img_per_s
+    result = {
+        "framework": "jaxdiff", "jax": jax.__version__,
+        "model": args.model, "dim": args.dim, "dim_mults": list(args.dim_mults),
+        "image_size": args.image_size, "channels": args.channels, "batch": args.batch,
+        "dtype": args.dtype,
+        "resnet_block_groups": (args.resnet_block_groups or None) if args.model == "unet" else None,
+        "num_classes": args.num_classes, "objective": args.objective,
+        "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+        "sample_steps": args.sample_steps, "sample_calls": args.sample_calls,
+        "params": num_params,
+        "train_img_per_s": round(train_img_per_s, 2),
+        "train_img_per_s_runs": [round(r, 2) for r in train_rates],
+        "train_step_ms": round(1e3 * step_s, 2),
+        "sample_img_steps_per_s": round(statistics.median(sample_rates), 2),
+        "sample_img_steps_per_s_runs": [round(r, 2) for r in sample_rates],
+        "compile_s": round(train_compile_s, 2),
+        "sample_compile_s": round(sample_compile_s, 2),
+        "train_flops_per_step": train_flops,
+        "train_tflop_per_s": None if train_flops is None else round(train_flops / step_s / 1e12, 4),
+        "sample_flops_per_call": sample_flops,
+        "device_kind": jax.devices()[0].device_kind, "platform": jax.default_backend(),
+        "device_count": jax.device_count(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
