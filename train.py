@@ -14,27 +14,27 @@ import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_flags
 
+from jaxdiff import cli
 from jaxdiff.checkpoint import CheckpointError
 from jaxdiff.experiment import ConfigError
 from jaxdiff.train_loop import TrainingDiverged, TrainingInterrupted, train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/toy2d.py", "Experiment config file.",
-                                          lock_config=True)
+_CONFIG = cli.define_config("configs/toy2d.py")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/toy", "Directory for checkpoints, logs and plots.")
+_FORCE = flags.DEFINE_boolean("force", False, "Continue a workdir whose run has a different config.")
 
 
 def main(argv) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}: flags are written --name=value")
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
     logging.getLogger("jaxdiff").setLevel(logging.INFO)
+    config = cli.load_config(_CONFIG)
     try:
-        report = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        report = train_and_evaluate(config, _WORKDIR.value, force=_FORCE.value)
     except (ConfigError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(error)
     except TrainingInterrupted as stop:  # SIGTERM / SIGINT: a checkpoint was saved
         print(f"stopped: {stop}", file=sys.stderr)
         sys.exit(128 + stop.signum)
@@ -66,4 +66,4 @@ def format_report(report: dict) -> str:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

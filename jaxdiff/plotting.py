@@ -123,11 +123,20 @@ def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.
     return grid
 
 
-def save_image_grid(images: np.ndarray, path: str, nrow: int | None = None) -> str:
-    """Write `image_grid(images, nrow)` as a PNG (grey for C = 1, RGB for C = 3) with PIL."""
+def _display_scale(height: int, minimum: int = 32) -> int:
+    """Integer nearest-neighbour zoom that shows small images (8x8 digits) at >= `minimum` px."""
+    return max(1, -(-minimum // max(height, 1)))
+
+
+def save_image_grid(images: np.ndarray, path: str, nrow: int | None = None,
+                    scale: int | None = None) -> str:
+    """Write `image_grid(images, nrow)` as a PNG (grey for C = 1, RGB for C = 3) with PIL,
+    zoomed by `scale` (default: so that each image is at least 32 pixels high)."""
     from PIL import Image
 
     grid = image_grid(images, nrow)
+    scale = _display_scale(np.asarray(images).shape[1]) if scale is None else scale
+    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
     return path
 
@@ -142,6 +151,8 @@ def save_trajectory_gif(trajectory: np.ndarray, path: str, num_frames: int = 40,
     frames = []
     for index in indices:
         grid = image_grid(trajectory[index])
+        zoom = _display_scale(np.asarray(trajectory).shape[2])
+        grid = grid.repeat(zoom, axis=0).repeat(zoom, axis=1)
         frames.append(Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid))
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
     return path

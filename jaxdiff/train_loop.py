@@ -79,13 +79,48 @@ def data_shape(source) -> tuple[int, ...]:
     return tuple(source.shape) if hasattr(source, "shape") else (source.dim,)
 
 
-def _write_run_files(config, workdir: str, source) -> None:
+# Fields that may change between a run and its resumption: how long to train (to train on; with
+# optim.decay="cosine" the learning-rate schedule follows the new length), and fields that do not
+# affect the training trajectory (how often to log, save or sample, how to evaluate at the end).
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.max_skipped_steps", "sample.", "eval.")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """'field: old -> new' for every field whose value differs (training-relevant ones only)."""
+    old, new = _flatten(old), _flatten(new)
+    changes = []
+    for field in sorted(set(old) | set(new)):
+        if field.startswith(RESUMABLE_CHANGES) or old.get(field) == new.get(field):
+            continue
+        changes.append(f"{field}: {old.get(field, '(absent)')!r} -> {new.get(field, '(absent)')!r}")
+    return changes
+
+
+def _write_run_files(config, workdir: str, source, force: bool = False) -> None:
     os.makedirs(workdir, exist_ok=True)
     config_path = os.path.join(workdir, "config.json")
     payload = json.loads(config.to_json())
-    if os.path.exists(config_path) and read_json(config_path) != payload:
-        log.warning("workdir %s held a run with a different config; overwriting config.json",
-                    workdir)
+    if os.path.exists(config_path):
+        changes = config_changes(read_json(config_path), payload)
+        if changes and not force:
+            shown = "; ".join(changes[:3]) + ("; ..." if len(changes) > 3 else "")
+            raise experiment.ConfigError(
+                f"workdir={workdir!r} holds a run with a different config ({shown}); use another "
+                f"--workdir, or --force to continue it with the new config")
+        if changes:
+            log.warning("workdir %s held a run with a different config (%s); continuing with the "
+                        "new one (--force)", workdir, "; ".join(changes))
     standardizer = getattr(source, "standardizer", None)
     write_json(config_path, payload)
     write_json(os.path.join(workdir, "run.json"), {
@@ -130,10 +165,14 @@ def _model_batch(batch, config) -> dict[str, np.ndarray]:
     return batch
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train (or resume) the run in `workdir`; return the final evaluation report."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       force: bool = False) -> dict:
+    """Train (or resume) the run in `workdir`; return the final evaluation report.
+
+    A workdir holding a run of a different config (beyond RESUMABLE_CHANGES) is refused unless
+    `force`."""
     source = prepare(config)
-    _write_run_files(config, workdir, source)
+    _write_run_files(config, workdir, source, force=force)
     model = experiment.build_model(config)
     schedule = experiment.build_schedule(config)
     optimizer = experiment.build_optimizer(config)

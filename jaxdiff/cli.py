@@ -1,0 +1,76 @@
+"""Command-line plumbing shared by train.py and sample.py: every bad flag, config file or config
+override ends the program with exit code 2 and one line on stderr naming it (absl alone would
+print a traceback for a misspelt `--config.optim.lrr`, and exit with 1)."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from absl import flags
+
+USAGE_ERROR = 2
+
+
+def fail(message: str) -> None:
+    """Print `error: message` as one line on stderr and exit with code 2."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    sys.exit(USAGE_ERROR)
+
+
+def _offending_argument(argv: list[str], key: str) -> str:
+    for argument in argv[1:]:
+        name = argument.split("=", 1)[0]
+        if name.startswith("--") and (name.endswith("." + key) or f".{key}." in name):
+            return name
+    return key
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing with one-line errors (use as `app.run(main, flags_parser=...)`)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:  # unknown flag, unparsable value, missing required flag
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        # A config file that raised: its error is the traceback's last line.
+        fail(f"{lines[0]} {lines[-1]}" if "Traceback" in str(error) else " ".join(lines))
+    except (AttributeError, KeyError) as error:  # ml_collections: no such config field
+        fail(_unknown_field(argv, error))
+    except (TypeError, ValueError) as error:  # a config override of the wrong type
+        fail(str(error).splitlines()[0])
+
+
+def _unknown_field(argv: list[str], error: BaseException) -> str:
+    text = str(error)
+    suggestion = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
+    if suggestion:
+        key, hint = suggestion.group(2), f" (did you mean {suggestion.group(1)!r}?)"
+    else:
+        key, hint = re.findall(r"[A-Za-z_]\w*", text)[0], ""
+    return f"{_offending_argument(argv, key)} is invalid: the config has no field {key!r}{hint}"
+
+
+def define_config(default: str):
+    """`config_flags.DEFINE_config_file("config", default, lock_config=True)`. ml_collections
+    resolves `--config.a.b=value` overrides against the file while defining the flag, so a
+    misspelt field fails here, before absl's parser runs: reported in one line, exit code 2."""
+    from ml_collections import config_flags
+
+    try:
+        return config_flags.DEFINE_config_file("config", default, "Experiment config file.",
+                                               lock_config=True)
+    except (AttributeError, KeyError) as error:
+        fail(_unknown_field(sys.argv, error))
+
+
+def load_config(config_flag):
+    """The parsed config of `define_config`'s flag; a file that cannot be loaded (missing,
+    raising, unknown `:argument`) is a one-line error naming it."""
+    try:
+        config = config_flag.value
+        config.to_dict()  # a file that failed to load gives a placeholder that raises here
+        return config
+    except (OSError, ValueError, TypeError, AttributeError, SyntaxError) as error:
+        missing = re.search(r"No such file or directory: '([^']+)'", str(error))
+        fail(f"--config={missing.group(1)!r} is invalid: no such file" if missing
+             else f"--config cannot be loaded: {error}")
