@@ -18,6 +18,7 @@ from absl import logging as absl_logging
 from jaxdiff import cli
 from jaxdiff.checkpoint import CheckpointError
 from jaxdiff.experiment import ConfigError
+from jaxdiff.sharding import initialize_distributed
 from jaxdiff.train_loop import TrainingDiverged, TrainingInterrupted, train_and_evaluate
 
 _CONFIG = cli.define_config("configs/toy2d.py")
@@ -28,6 +29,7 @@ _FORCE = flags.DEFINE_boolean("force", False, "Continue a workdir whose run has 
 def main(argv) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}: flags are written --name=value")
+    initialize_distributed()  # multi-host jobs: before anything touches a JAX backend
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
     logging.getLogger("jaxdiff").setLevel(logging.INFO)
     config = cli.load_config(_CONFIG)

@@ -53,6 +53,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 5_000
     config.train.keep_checkpoints = 3
     config.train.max_skipped_steps = 20  # stop after this many consecutive non-finite steps
+    config.train.steps_per_call = 1  # train steps per dispatch (a lax.scan over k steps)
+    config.train.num_devices = 0  # devices the batch is split over; 0: all of them, all hosts
 
     config.ema = ml_collections.ConfigDict()
     config.ema.decay = 0.999

@@ -13,7 +13,8 @@ model     name "unet" (denoising-diffusion-pytorch's Unet: dim, dim_mults, resne
 diffusion schedule, timesteps, objective, loss_type, weighting, min_snr_gamma
 optim     AdamW: lr, warmup_steps, decay (constant / cosine), b1, b2, weight_decay, grad_clip
 train     steps, batch_size (global, over all devices), log_every, checkpoint_every,
-          keep_checkpoints, max_skipped_steps (consecutive non-finite steps before stopping)
+          keep_checkpoints, max_skipped_steps (consecutive non-finite steps before stopping),
+          steps_per_call (k steps per dispatch, a lax.scan), num_devices (0: all)
 ema       decay, warmup
 sample    sampler (ddpm / ddim), steps (DDIM), eta, variance (DDPM), clip_x0, timestep_spacing
 eval      num_samples (at the end of training), plots, sample_every (grids during training,
@@ -77,6 +78,8 @@ def image_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 5_000
     config.train.keep_checkpoints = 3
     config.train.max_skipped_steps = 20  # stop after this many consecutive non-finite steps
+    config.train.steps_per_call = 1  # train steps per dispatch (a lax.scan over k steps)
+    config.train.num_devices = 0  # devices the batch is split over; 0: all of them, all hosts
 
     config.ema = ml_collections.ConfigDict()
     config.ema.decay = 0.9999

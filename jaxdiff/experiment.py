@@ -136,6 +136,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("train.checkpoint_every", positive_int, "an integer >= 1"),
         ("train.keep_checkpoints", positive_int, "an integer >= 1"),
         ("train.max_skipped_steps", positive_int, "an integer >= 1"),
+        ("train.steps_per_call", positive_int, "an integer >= 1"),
+        ("train.num_devices", lambda v: _is_int(v) and 0 <= v <= jax.device_count(),
+         f"an integer in [0, {jax.device_count()}] (0: every device)"),
         ("train.cond_drop_schedule", lambda v: v in COND_DROP_SCHEDULES,
          f"one of {', '.join(COND_DROP_SCHEDULES)}"),
         ("train.cond_drop_start", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
@@ -162,6 +165,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for field, ok, allowed in checks:
         _require(config, field, ok, allowed)
     _validate_guidance(config)
+    per_call = config.train.get("steps_per_call", 1)
+    for field in ("train.log_every", "train.checkpoint_every", "eval.sample_every"):
+        _require(config, field, lambda v: v % per_call == 0,
+                 f"a multiple of train.steps_per_call={per_call}")
     timesteps = config.diffusion.timesteps
     _require(config, "sample.steps", lambda v: v <= timesteps,
              f"DDIM steps must be <= diffusion.timesteps={timesteps}")

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from jaxdiff import evaluation, experiment, plotting
+from jaxdiff import evaluation, experiment, plotting, sharding
 from jaxdiff.checkpoint import Checkpointer, read_json, write_json
 from jaxdiff.data import make_point_source
 from jaxdiff.data.images import (make_folder_source, make_tfds_source, prefetch_batches,
@@ -30,6 +30,27 @@ from jaxdiff.diffusion import q_sample
 from jaxdiff.training import make_train_step
 
 log = logging.getLogger("jaxdiff")
+
+
+def _main_only(function):
+    """`function` on process 0; a no-op returning None on the other processes of a multi-host
+    run (they compute and sample alongside, but only process 0 writes files)."""
+    @functools.wraps(function)
+    def call(*args, **kwargs):
+        return function(*args, **kwargs) if sharding.is_main_process() else None
+    return call
+
+
+class _MainOnly:
+    def __init__(self, module):
+        self._module = module
+
+    def __getattr__(self, name):
+        return _main_only(getattr(self._module, name))
+
+
+_write_json, _savez, _makedirs = _main_only(write_json), _main_only(np.savez), _main_only(os.makedirs)
+_plots = _MainOnly(plotting)
 
 
 def open_source(config: ml_collections.ConfigDict):
@@ -122,8 +143,8 @@ def _write_run_files(config, workdir: str, source, force: bool = False) -> None:
             log.warning("workdir %s held a run with a different config (%s); continuing with the "
                         "new one (--force)", workdir, "; ".join(changes))
     standardizer = getattr(source, "standardizer", None)
-    write_json(config_path, payload)
-    write_json(os.path.join(workdir, "run.json"), {
+    _write_json(config_path, payload)
+    _write_json(os.path.join(workdir, "run.json"), {
         "data_shape": list(data_shape(source)),
         "data_name": source.name,
         "num_classes": int(getattr(source, "num_classes", 0)),
@@ -137,18 +158,22 @@ class _MetricWriter:
     def __init__(self, workdir: str):
         from tensorboardX import SummaryWriter
 
-        self._writer = SummaryWriter(workdir)
+        self._writer = SummaryWriter(workdir) if sharding.is_main_process() else None
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self._writer is None:
+            return
         for name, value in values.items():
             self._writer.add_scalar(name, value, step)
         self._writer.flush()
 
     def image(self, step: int, name: str, grid: np.ndarray) -> None:
-        self._writer.add_image(name, grid, step, dataformats="HWC")
+        if self._writer is not None:
+            self._writer.add_image(name, grid, step, dataformats="HWC")
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 def _training_batches(source, start: int, total: int, config):
@@ -158,8 +183,9 @@ def _training_batches(source, start: int, total: int, config):
 
 
 def _model_batch(batch, config) -> dict[str, np.ndarray]:
-    if not isinstance(batch, dict):
-        batch = {"x": batch}
+    if not isinstance(batch, dict):  # point data: the global batch; keep this process's slice
+        part = len(batch) // jax.process_count()
+        batch = {"x": batch[jax.process_index() * part:(jax.process_index() + 1) * part]}
     if not config.model.num_classes:
         batch.pop("labels", None)
     return batch
@@ -178,29 +204,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     optimizer = experiment.build_optimizer(config)
     state = experiment.init_state(config, model, optimizer, data_shape(source))
 
+    mesh = sharding.make_mesh(config.train.get("num_devices", 0) or None)
+    try:
+        sharding.check_batch_size(config.train.batch_size, mesh)
+    except ValueError as error:
+        raise experiment.ConfigError(str(error)) from None
+    state = sharding.put_replicated(state, mesh)
+
     checkpointer = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
-    restored = checkpointer.restore_newest_good(state)
+    restored = checkpointer.restore_newest_good(state)  # onto the replicated layout
     if restored is not None:
         state = restored[0]
         print(f"resuming {workdir} from step {int(state.step)}", flush=True)
-    train_step = make_train_step(
+    per_call = config.train.get("steps_per_call", 1)
+    step_fns = {n: make_train_step(
         model.apply, optimizer, schedule, loss_kwargs=experiment.loss_kwargs(config),
-        ema_decay=config.ema.decay, ema_warmup=config.ema.warmup,
-    )
+        ema_decay=config.ema.decay, ema_warmup=config.ema.warmup, mesh=mesh, steps_per_call=n,
+    ) for n in sorted({1, per_call})}
     writer = _MetricWriter(workdir)
     sample_every = config.eval.get("sample_every", 0)
     start, total = int(state.step), config.train.steps
     bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
-               disable=None)
+               disable=None if sharding.is_main_process() else True)
     window_start, window_steps = time.perf_counter(), 0
     max_streak = config.train.get("max_skipped_steps", 20)
+
+    def crossed(every: int, before: int, after: int) -> bool:
+        return bool(every) and after // every > before // every
+
     with _SignalCatcher() as signals:
         batches = _training_batches(source, start, total, config)
-        for step, batch in zip(range(start, total), batches):
-            state, metrics = train_step(state, batch)
-            window_steps += 1
-            done = step + 1
-            if done % config.train.log_every == 0 or done == total:
+        step = start
+        while step < total:
+            # k steps per dispatch on k-aligned chunks; single steps for a ragged start or end.
+            count = per_call if step % per_call == 0 and total - step >= per_call else 1
+            chunk = [next(batches) for _ in range(count)]
+            batch = chunk[0] if count == 1 else {name: np.stack([b[name] for b in chunk])
+                                                 for name in chunk[0]}
+            state, metrics = step_fns[count](
+                state, sharding.global_batch(batch, mesh, stacked=count > 1))
+            window_steps += count
+            before, step = step, step + count
+            done = step
+            if crossed(config.train.log_every, before, done) or done == total:
                 streak = int(state.skip_streak)
                 if streak >= max_streak:
                     checkpointer.wait()
@@ -211,14 +257,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                         f"newest checkpoint in {checkpointer.directory} is the last good state")
                 window_start, window_steps = _log(
                     done, total, metrics, writer, bar, window_start, window_steps)
-            if sample_every and done % sample_every == 0 and done != total:
+            if crossed(sample_every, before, done) and done != total:
                 grid = _sample_grid(config, model, schedule, state, source, workdir, done)
                 writer.image(done, "samples", grid)
-            if done % config.train.checkpoint_every == 0 or done == total:
+            saved = crossed(config.train.checkpoint_every, before, done) or done == total
+            if saved:
                 checkpointer.save(done, state)
-            bar.update(1)
+            bar.update(count)
             if signals.received is not None and done != total:
-                if done % config.train.checkpoint_every:
+                if not saved:
                     checkpointer.save(done, state)
                 checkpointer.wait()
                 checkpointer.close()
@@ -293,9 +340,26 @@ class _SignalCatcher:
 
 
 def _sample(config, model, schedule, state, shape, *, labels=None, seed=1, **kwargs):
+    """EMA samples in model space (numpy), split over every device: the starting noise is drawn
+    batch-sharded (padded to a multiple of the device count) and the compiled reverse loop keeps
+    that layout."""
+    mesh = sharding.make_mesh(config.train.get("num_devices", 0) or None)
+    count = shape[0]
+    padded = sharding.padded_count(count, mesh)
+    key = jax.random.key(config.seed + seed)
+    x_T = sharding.batch_noise(jax.random.fold_in(key, 1), (padded,) + tuple(shape[1:]), mesh)
+    if labels is not None and np.ndim(labels):
+        labels = np.resize(np.asarray(labels), padded)
+    for name in ("guidance_scale", "guidance_rescale"):  # per-sample values follow the padding
+        if kwargs.get(name) is not None and np.ndim(kwargs[name]):
+            kwargs[name] = np.resize(np.asarray(kwargs[name]), padded)
     model_fn = functools.partial(model.apply, state.ema_params)
-    return experiment.sample_model(model_fn, schedule, config, shape,
-                                   key=jax.random.key(config.seed + seed), labels=labels, **kwargs)
+    out = experiment.sample_model(model_fn, schedule, config, (padded,) + tuple(shape[1:]),
+                                  key=key, labels=labels, x_T=x_T, **kwargs)
+    out = sharding.to_host(out)
+    if kwargs.get("return_trajectory"):
+        return out[0][:count], out[1][:, :count]
+    return out[:count]
 
 
 def _grid_labels(config, count: int):
@@ -309,10 +373,10 @@ def _sample_grid(config, model, schedule, state, source, workdir, step) -> np.nd
     count = 100
     images = to_uint8(_sample(config, model, schedule, state, (count,) + data_shape(source),
                               labels=_grid_labels(config, count)))
-    os.makedirs(os.path.join(workdir, "grids"), exist_ok=True)
-    plotting.save_image_grid(images, os.path.join(workdir, "grids", f"step_{step:07d}.png"),
+    _makedirs(os.path.join(workdir, "grids"), exist_ok=True)
+    _plots.save_image_grid(images, os.path.join(workdir, "grids", f"step_{step:07d}.png"),
                              nrow=10)
-    return plotting.image_grid(images, nrow=10)
+    return _plots.image_grid(images, nrow=10)
 
 
 def evaluate_points(config, workdir, model, schedule, state, source) -> dict:
@@ -330,19 +394,19 @@ def evaluate_points(config, workdir, model, schedule, state, source) -> dict:
     report = {name: float(value) for name, value in report.items()}
     report.update(step=int(state.step), num_samples=num, sample_seconds=sample_seconds,
                   sampler=config.sample.sampler)
-    write_json(os.path.join(workdir, "eval.json"), report)
-    np.savez(os.path.join(workdir, "eval_samples.npz"), samples=samples)
+    _write_json(os.path.join(workdir, "eval.json"), report)
+    _savez(os.path.join(workdir, "eval_samples.npz"), samples=samples)
     if config.eval.plots:
-        plotting.plot_samples_vs_data(samples, fresh_a, os.path.join(workdir, "samples.png"),
+        _plots.plot_samples_vs_data(samples, fresh_a, os.path.join(workdir, "samples.png"),
                                       title=f"{source.name}: step {int(state.step)}")
         traj = source.standardizer.inverse(np.asarray(trajectory)[:, :2000])
-        plotting.plot_trajectory(traj, os.path.join(workdir, "trajectory.png"))
+        _plots.plot_trajectory(traj, os.path.join(workdir, "trajectory.png"))
         x0 = source.standardizer.transform(fresh_a[:2000])
         ts = np.linspace(0, schedule.timesteps - 1, 6).astype(np.int32)
         noise = np.random.default_rng(config.seed).standard_normal(x0.shape).astype(np.float32)
         forward = {int(t): source.standardizer.inverse(np.asarray(
             q_sample(schedule, x0, np.full(len(x0), t, np.int32), noise))) for t in ts}
-        plotting.plot_forward_process(forward, os.path.join(workdir, "forward.png"))
+        _plots.plot_forward_process(forward, os.path.join(workdir, "forward.png"))
     return report
 
 
@@ -359,13 +423,13 @@ def evaluate_images(config, workdir, model, schedule, state, source) -> dict:
     images = to_uint8(samples)
     report = {"step": int(state.step), "num_samples": num, "sampler": config.sample.sampler,
               "sample_seconds": time.perf_counter() - start}
-    np.savez(os.path.join(workdir, "eval_samples.npz"), samples=images,
+    _savez(os.path.join(workdir, "eval_samples.npz"), samples=images,
              **({"labels": labels} if labels is not None else {}))
-    plotting.save_image_grid(images[:100], os.path.join(workdir, "samples.png"), nrow=10)
+    _plots.save_image_grid(images[:100], os.path.join(workdir, "samples.png"), nrow=10)
     if config.eval.plots:
         frames = np.linspace(0, len(trajectory) - 1, 10).round().astype(int)
         strip = to_uint8(np.asarray(trajectory)[frames, :10])  # [10 frames, 10 images, ...]
-        plotting.save_image_grid(strip.transpose(1, 0, 2, 3, 4).reshape((-1,) + images.shape[1:]),
+        _plots.save_image_grid(strip.transpose(1, 0, 2, 3, 4).reshape((-1,) + images.shape[1:]),
                                  os.path.join(workdir, "trajectory.png"), nrow=len(frames))
     if config.data.name == "digits":
         report.update(evaluation_digits(images, labels))
@@ -374,7 +438,7 @@ def evaluate_images(config, workdir, model, schedule, state, source) -> dict:
     if labels is not None and len(config.eval.get("guidance_scales", ())):
         report["guidance_sweep"] = guidance_sweep(config, workdir, model, schedule, state, source,
                                                   labels)
-    write_json(os.path.join(workdir, "eval.json"), report)
+    _write_json(os.path.join(workdir, "eval.json"), report)
     return report
 
 
@@ -398,7 +462,7 @@ def guidance_sweep(config, workdir, model, schedule, state, source, labels) -> l
         sweep.append(entry)
         rows.append(images[:config.model.num_classes])
     grid = np.stack(rows, axis=1)  # [classes, scales, H, W, C]
-    plotting.save_image_grid(grid.reshape((-1,) + grid.shape[2:]),
+    _plots.save_image_grid(grid.reshape((-1,) + grid.shape[2:]),
                              os.path.join(workdir, "guidance.png"), nrow=len(rows))
     return sweep
 

@@ -151,10 +151,30 @@ def train_step(
 
 
 def make_train_step(apply_fn, optimizer, schedule: Schedule, *, loss_kwargs: dict[str, Any],
-                    ema_decay: float, ema_warmup: bool = True):
-    """`train_step` with everything but (state, batch) bound, jitted with the state donated."""
+                    ema_decay: float, ema_warmup: bool = True, mesh=None,
+                    steps_per_call: int = 1):
+    """`train_step` with everything but (state, batch) bound, jitted with the state donated.
+
+    mesh: a `jaxdiff.sharding.make_mesh()` mesh: the state comes out replicated on it (pass the
+    batch sharded over it with `sharding.global_batch`). None: the default device.
+    steps_per_call: k > 1 runs k steps in one dispatch (a `lax.scan`, as score_sde does) on a
+    batch whose leaves are stacked [k, B, ...]; the metrics are those of the last step.
+    """
+    if steps_per_call < 1:
+        raise ValueError(f"steps_per_call={steps_per_call} is invalid: an integer >= 1")
     step = functools.partial(
         train_step, apply_fn=apply_fn, optimizer=optimizer, schedule=schedule,
         loss_kwargs=dict(loss_kwargs), ema_decay=ema_decay, ema_warmup=ema_warmup,
     )
-    return jax.jit(step, donate_argnums=0)
+    if steps_per_call > 1:
+        single = step
+
+        def step(state, batches):
+            state, metrics = jax.lax.scan(single, state, batches)
+            return state, jax.tree.map(lambda m: m[-1], metrics)
+
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    from jaxdiff.sharding import replicated
+
+    return jax.jit(step, donate_argnums=0, out_shardings=replicated(mesh))
