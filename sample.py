@@ -17,13 +17,12 @@ Scale s follows diffusers: 1 is plain conditional sampling, 0 unconditional, s >
 """
 
 import os
-import sys
 
 import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from jaxdiff import plotting
+from jaxdiff import cli, plotting
 from jaxdiff.checkpoint import CheckpointError
 from jaxdiff.experiment import SAMPLERS, ConfigError, load_run
 
@@ -127,15 +126,14 @@ def check_flags(run) -> None:
 
 def main(argv) -> None:
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}: flags are written --name=value")
     absl_logging.set_verbosity(absl_logging.WARNING)
     try:
         run = load_run(_WORKDIR.value, step=_STEP.value)
         check_flags(run)
         labels, scales = guidance_flags(run)
     except (ConfigError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(error)
     if labels is not None:
         write_class_samples(run, labels, scales)
         return
@@ -161,4 +159,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

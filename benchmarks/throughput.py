@@ -107,7 +107,7 @@ def timed(compile_fn):
 
 
 def benchmark_train(args, model, params, batch_sharding, replicated):
-    """(train img/s per repeat, compile seconds, FLOPs per step)."""
+    """(train img/s per repeat, median CPU seconds per step, compile seconds, FLOPs per step)."""
     optimizer = make_optimizer(1e-4, grad_clip=1.0)
     schedule = jaxdiff.make_schedule("cosine", 1000)
     train_step = make_train_step(
@@ -125,21 +125,25 @@ def benchmark_train(args, model, params, batch_sharding, replicated):
     for i in range(args.warmup):
         state, metrics = compiled(state, batches[i % 2])
     jax.block_until_ready((state, metrics) if args.warmup else state)
-    rates = []
+    rates, cpu_s = [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for i in range(args.steps):
             # Steps are chained through `state`, so blocking on the last one waits for all.
             state, metrics = compiled(state, batches[i % 2])
         jax.block_until_ready((state, metrics))
         rates.append(args.steps * args.batch / (time.perf_counter() - start))
+        cpu_s.append((time.process_time() - start_cpu) / args.steps)
     if not np.isfinite(float(metrics["loss"])):
         raise FloatingPointError(f"train loss is {float(metrics['loss'])}")
-    return rates, compile_s, flops_of(compiled)
+    return rates, statistics.median(cpu_s), compile_s, flops_of(compiled)
 
 
 def benchmark_sample(args, model, params, batch_sharding, replicated):
-    """(sample image-steps/s per repeat, compile seconds, FLOPs per call)."""
+    """(sample image-steps/s per repeat, compile seconds, FLOPs per step).
+
+    XLA's cost analysis counts a while loop's body once, so for the sampler's `lax.scan` it
+    gives the FLOPs of one step (one network evaluation of the batch plus the update)."""
     schedule = jaxdiff.make_schedule("cosine", 1000)
     shape = (args.batch, args.image_size, args.image_size, args.channels)
     cond = {"labels": jnp.zeros((args.batch,), jnp.int32)} if args.num_classes else None
@@ -192,7 +196,7 @@ def main(argv=None) -> dict:
     num_params = int(sum(leaf.size for leaf in jax.tree.leaves(params)))
     load_before = os.getloadavg()[0]
 
-    train_rates, train_compile_s, train_flops = benchmark_train(
+    train_rates, train_cpu_s, train_compile_s, train_flops = benchmark_train(
         args, model, params, batch_sharding, replicated)
     sample_rates, sample_compile_s, sample_flops = benchmark_sample(
         args, model, params, batch_sharding, replicated)
@@ -204,7 +208,9 @@ def main(argv=None) -> dict:
         "model": args.model, "dim": args.dim, "dim_mults": list(args.dim_mults),
         "image_size": args.image_size, "channels": args.channels, "batch": args.batch,
         "dtype": args.dtype,
-        "resnet_block_groups": (args.resnet_block_groups or None) if args.model == "unet" else None,
+        "block_norm": ("GroupNorm(32)" if args.model == "ddpm_unet" else
+                       f"GroupNorm({args.resnet_block_groups})" if args.resnet_block_groups
+                       else "RMSNorm"),
         "num_classes": args.num_classes, "objective": args.objective,
         "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
         "sample_steps": args.sample_steps, "sample_calls": args.sample_calls,
@@ -212,13 +218,18 @@ def main(argv=None) -> dict:
         "train_img_per_s": round(train_img_per_s, 2),
         "train_img_per_s_runs": [round(r, 2) for r in train_rates],
         "train_step_ms": round(1e3 * step_s, 2),
+        # Process CPU time (all threads) per step: less sensitive than wall time to other jobs
+        # sharing the CPU, though spinning worker threads count too.
+        "train_cpu_s_per_step": round(train_cpu_s, 3),
         "sample_img_steps_per_s": round(statistics.median(sample_rates), 2),
         "sample_img_steps_per_s_runs": [round(r, 2) for r in sample_rates],
         "compile_s": round(train_compile_s, 2),
         "sample_compile_s": round(sample_compile_s, 2),
         "train_flops_per_step": train_flops,
         "train_tflop_per_s": None if train_flops is None else round(train_flops / step_s / 1e12, 4),
-        "sample_flops_per_call": sample_flops,
+        "sample_flops_per_step": sample_flops,
+        "sample_tflop_per_s": None if sample_flops is None else round(
+            sample_flops * statistics.median(sample_rates) / args.batch / 1e12, 4),
         "device_kind": jax.devices()[0].device_kind, "platform": jax.default_backend(),
         "device_count": jax.device_count(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],

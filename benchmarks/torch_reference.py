@@ -131,13 +131,14 @@ def main(argv=None) -> dict:
     train_flops = counter.get_total_flops()
     for i in range(args.warmup):
         train_step(batches[i % 2])
-    train_rates = []
+    train_rates, cpu_s = [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for i in range(args.steps):
             loss = train_step(batches[i % 2])
         loss = float(loss.detach())  # eager CPU ops are synchronous; this reads the value
         train_rates.append(args.steps * args.batch / (time.perf_counter() - start))
+        cpu_s.append((time.process_time() - start_cpu) / args.steps)
 
     diffusion.eval()
 
@@ -164,7 +165,8 @@ def main(argv=None) -> dict:
     result = {
         "framework": "torch", "torch": torch.__version__,
         "denoising_diffusion_pytorch": __version__,
-        "model": "unet", "dim": args.dim, "dim_mults": list(args.dim_mults),
+        "model": "unet", "block_norm": type(model.downs[0][0].block1.norm).__name__,
+        "dim": args.dim, "dim_mults": list(args.dim_mults),
         "image_size": args.image_size, "channels": args.channels, "batch": args.batch,
         "dtype": args.dtype, "objective": args.objective,
         "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
@@ -173,6 +175,7 @@ def main(argv=None) -> dict:
         "train_img_per_s": round(train_img_per_s, 2),
         "train_img_per_s_runs": [round(r, 2) for r in train_rates],
         "train_step_ms": round(1e3 * step_s, 2),
+        "train_cpu_s_per_step": round(statistics.median(cpu_s), 3),
         "sample_img_steps_per_s": round(statistics.median(sample_rates), 2),
         "sample_img_steps_per_s_runs": [round(r, 2) for r in sample_rates],
         "compile_s": 0.0,  # eager

@@ -27,6 +27,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.fourier_features = 4  # sin/cos(2^k pi x) input features, k < this
     config.model.dropout = 0.0
     config.model.num_classes = 0
+    config.model.cond_drop_prob = 0.0  # label dropout for classifier-free guidance
     config.model.self_condition = False
 
     config.diffusion = ml_collections.ConfigDict()
@@ -55,6 +56,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.train.max_skipped_steps = 20  # stop after this many consecutive non-finite steps
     config.train.steps_per_call = 1  # train steps per dispatch (a lax.scan over k steps)
     config.train.num_devices = 0  # devices the batch is split over; 0: all of them, all hosts
+    config.train.cond_drop_schedule = "constant"  # or "linear": from cond_drop_start down
+    config.train.cond_drop_start = 1.0
 
     config.ema = ml_collections.ConfigDict()
     config.ema.decay = 0.999
@@ -67,6 +70,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.sample.variance = "fixed_small"
     config.sample.clip_x0 = False  # standardised points are not confined to [-1, 1]
     config.sample.timestep_spacing = "trailing"
+    config.sample.guidance_scale = 1.0  # 1: plain conditional sampling
+    config.sample.guidance_rescale = 0.0
 
     config.eval = ml_collections.ConfigDict()
     config.eval.num_samples = 5_000

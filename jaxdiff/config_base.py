@@ -19,7 +19,10 @@ ema       decay, warmup
 sample    sampler (ddpm / ddim), steps (DDIM), eta, variance (DDPM), clip_x0, timestep_spacing
 eval      num_samples (at the end of training), plots, sample_every (grids during training,
           0: never), inception_path (pytorch-fid's weight file: FID against the training data
-          when given)
+          when given), guidance_scales (conditional models: accuracy / FD per scale)
+conditioning  model.num_classes > 0 with model.cond_drop_prob (label dropout, on
+          train.cond_drop_schedule "constant" or "linear" from train.cond_drop_start), and
+          sample.guidance_scale / guidance_rescale (classifier-free guidance)
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def image_config() -> ml_collections.ConfigDict:
     config.model.attn_resolutions = (16,)  # ddpm_unet only
     config.model.dropout = 0.0
     config.model.num_classes = 0
+    config.model.cond_drop_prob = 0.0  # label dropout for classifier-free guidance
     config.model.self_condition = False
     config.model.learned_sinusoidal_cond = False
     config.model.dtype = "float32"
@@ -80,6 +84,8 @@ def image_config() -> ml_collections.ConfigDict:
     config.train.max_skipped_steps = 20  # stop after this many consecutive non-finite steps
     config.train.steps_per_call = 1  # train steps per dispatch (a lax.scan over k steps)
     config.train.num_devices = 0  # devices the batch is split over; 0: all of them, all hosts
+    config.train.cond_drop_schedule = "constant"  # or "linear": from cond_drop_start down
+    config.train.cond_drop_start = 1.0
 
     config.ema = ml_collections.ConfigDict()
     config.ema.decay = 0.9999
@@ -92,12 +98,15 @@ def image_config() -> ml_collections.ConfigDict:
     config.sample.variance = "fixed_small"
     config.sample.clip_x0 = True
     config.sample.timestep_spacing = "trailing"
+    config.sample.guidance_scale = 1.0  # 1: plain conditional sampling
+    config.sample.guidance_rescale = 0.0
 
     config.eval = ml_collections.ConfigDict()
     config.eval.num_samples = 1000
     config.eval.plots = True
     config.eval.sample_every = 5_000
     config.eval.inception_path = ""
+    config.eval.guidance_scales = ()  # conditional models: a guidance sweep at the end
     return config
 
 

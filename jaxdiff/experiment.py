@@ -20,6 +20,7 @@ from jaxdiff.checkpoint import Checkpointer, CheckpointError, error_summary, rea
 from jaxdiff.data import TOY2D_NAMES, Standardizer
 from jaxdiff.data.images import TFDS_SETS, to_uint8
 from jaxdiff.diffusion import OBJECTIVES
+from jaxdiff.fid import FID_WEIGHTS_URL
 from jaxdiff.losses import COND_DROP_SCHEDULES, LOSS_TYPES, WEIGHTINGS, cond_drop_schedule
 from jaxdiff.models import MLPDenoiser
 from jaxdiff.samplers import (
@@ -160,7 +161,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("eval.guidance_scales", lambda v: all(_is_number(s) and 0 <= s < float("inf") for s in v),
          "a tuple of numbers >= 0, e.g. (0, 1, 2, 3) (empty: no guidance sweep)"),
         ("eval.inception_path", lambda v: isinstance(v, str) and (v == "" or os.path.isfile(v)),
-         "'' or the path of pytorch-fid's pt_inception-2015-12-05 weight file"),
+         "'' or the path of pytorch-fid's Inception weight file, from " + FID_WEIGHTS_URL),
     ]
     for field, ok, allowed in checks:
         _require(config, field, ok, allowed)

@@ -145,6 +145,9 @@ SAMPLE_CASES = [
     ("out-not-npz", ["--out={tmp}/samples.png"], "--out"),
     ("checkpoint-step-absent", ["--step=999"], "step"),
     ("unknown-flag", ["--sampels=3"], "sampels"),
+    ("labels-on-unconditional-model", ["--labels=0,1"], "labels"),
+    ("guidance-on-unconditional-model", ["--guidance_scale=3"], "guidance_scale"),
+    ("positional-argument", ["extra"], "extra"),
 ]
 
 

@@ -129,6 +129,7 @@ def test_any_tfds_name_from_the_config_is_read():
     config = _config()
     config.data.name = "svhn_cropped"  # not in TFDS_SETS
     config.data.image_size, config.data.channels = 32, 3
+    config.train.batch_size = 8  # the mock set holds 16 examples
     with tfds.testing.mock_data(num_examples=16):
         source = prepare(config)
         batch = source.batch(0, 8)

@@ -36,9 +36,13 @@ def test_scatter_plots(tmp_path):
 def test_image_grids(tmp_path):
     rng = np.random.default_rng(4)
     grey = plotting.save_image_grid(rng.uniform(size=(10, 8, 8, 1)), str(tmp_path / "g.png"),
-                                    nrow=5)
+                                    nrow=5, scale=1)
     colour = plotting.save_image_grid(rng.integers(0, 255, (4, 8, 6, 3), dtype=np.uint8),
-                                      str(tmp_path / "c.png"))
+                                      str(tmp_path / "c.png"), scale=1)
+    zoomed = plotting.save_image_grid(rng.uniform(size=(10, 8, 8, 1)), str(tmp_path / "z.png"),
+                                      nrow=5)
+    with Image.open(zoomed) as image:  # by default 8-pixel images are zoomed x4 (>= 32 pixels)
+        assert image.size == (4 * (5 * 9 + 1), 4 * (2 * 9 + 1))
     for path in (grey, colour):
         assert_png(path)
     # 5 per row, 2 rows, 1-pixel gaps around every image

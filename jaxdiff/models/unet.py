@@ -80,6 +80,33 @@ def _upsample_nearest(x: Array) -> Array:
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
+class Conv1x1(nn.Module):
+    """A 1x1 convolution computed as one [B * H * W, C_in] x [C_in, features] matrix product.
+
+    Same parameters as `nn.Conv(features, (1, 1))` (kernel [1, 1, C_in, features], bias
+    [features], same initialisers and dtype promotion), so parameter trees and ported weights are
+    unchanged. Why: XLA's CPU convolution path runs 1x1 kernels, and their weight gradients above
+    all, several times slower than the equivalent GEMM (benchmarks/RESULTS.md).
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                            (1, 1, x.shape[-1], self.features), self.param_dtype)
+        bias = (self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+                if self.use_bias else None)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0])
+        if bias is not None:
+            y = y + bias.reshape(1, self.features)
+        return y.reshape(*x.shape[:-1], self.features)
+
+
 # ---------------------------------------------------------------------------------------------
 # denoising-diffusion-pytorch's Unet
 
@@ -153,7 +180,7 @@ class ResnetBlock(nn.Module):
             x, (scale, shift), train)
         h = Block(self.features, self.groups, 0.0, name="block2", **kwargs)(h, None, train)
         if x.shape[-1] != self.features:
-            x = nn.Conv(self.features, (1, 1), name="res_conv", **kwargs)(x)
+            x = Conv1x1(self.features, name="res_conv", **kwargs)(x)
         return h + x
 
 
@@ -191,7 +218,7 @@ class LinearAttention(nn.Module):
         mem_kv = self.param("mem_kv", nn.initializers.normal(1.0),
                             (2, self.heads, self.dim_head, self.num_mem_kv), self.param_dtype)
         x = RMSNorm(name="norm", **kwargs)(x)
-        qkv = nn.Conv(3 * hidden, (1, 1), use_bias=False, name="to_qkv", **kwargs)(x)
+        qkv = Conv1x1(3 * hidden, use_bias=False, name="to_qkv", **kwargs)(x)
         q, k, v = (_split_heads(y, self.heads).astype(jnp.float32)
                    for y in jnp.split(qkv, 3, axis=-1))  # [B, heads, n, d]
         memory = jnp.broadcast_to(mem_kv.astype(jnp.float32).transpose(0, 1, 3, 2)[:, None],
@@ -203,7 +230,7 @@ class LinearAttention(nn.Module):
         context = jnp.einsum("bhnd,bhne->bhde", k, v)
         out = jnp.einsum("bhde,bhnd->bhne", context, q)
         out = _merge_heads(out.astype(self.dtype), height, width)
-        out = nn.Conv(dim, (1, 1), name="to_out_conv", **kwargs)(out)
+        out = Conv1x1(dim, name="to_out_conv", **kwargs)(out)
         return RMSNorm(name="to_out_norm", **kwargs)(out)
 
 
@@ -227,7 +254,7 @@ class Attention(nn.Module):
         mem_kv = self.param("mem_kv", nn.initializers.normal(1.0),
                             (2, self.heads, self.num_mem_kv, self.dim_head), self.param_dtype)
         x = RMSNorm(name="norm", **kwargs)(x)
-        qkv = nn.Conv(3 * hidden, (1, 1), use_bias=False, name="to_qkv", **kwargs)(x)
+        qkv = Conv1x1(3 * hidden, use_bias=False, name="to_qkv", **kwargs)(x)
         q, k, v = (_split_heads(y, self.heads) for y in jnp.split(qkv, 3, axis=-1))
         memory = jnp.broadcast_to(mem_kv.astype(k.dtype)[:, None],
                                   (2, batch, self.heads, self.num_mem_kv, self.dim_head))
@@ -236,7 +263,7 @@ class Attention(nn.Module):
         logits = jnp.einsum("bhid,bhjd->bhij", q, k).astype(jnp.float32) * self.dim_head ** -0.5
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         out = _merge_heads(jnp.einsum("bhij,bhjd->bhid", weights, v), height, width)
-        return nn.Conv(dim, (1, 1), name="to_out", **kwargs)(out)
+        return Conv1x1(dim, name="to_out", **kwargs)(out)
 
 
 class Downsample(nn.Module):
@@ -252,7 +279,7 @@ class Downsample(nn.Module):
         x = x.reshape(batch, height // 2, 2, width // 2, 2, channels)
         # Channel order c, p1, p2 as in lucidrains' Rearrange, so 1x1 conv weights port across.
         x = x.transpose(0, 1, 3, 5, 2, 4).reshape(batch, height // 2, width // 2, 4 * channels)
-        return nn.Conv(self.features, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+        return Conv1x1(self.features, dtype=self.dtype, param_dtype=self.param_dtype,
                        name="conv")(x)
 
 
@@ -374,12 +401,20 @@ class Unet(nn.Module):
 
         h = resnet_block(init_dim, "final_res_block")(
             jnp.concatenate([h, init_features], axis=-1), emb, train)
-        out = nn.Conv(self.out_dim or self.channels, (1, 1), name="final_conv", **kwargs)(h)
+        out = Conv1x1(self.out_dim or self.channels, name="final_conv", **kwargs)(h)
         return out.astype(jnp.float32)
 
 
 # ---------------------------------------------------------------------------------------------
 # Ho et al. 2020's CIFAR-10 network (diffusion_tf/models/unet.py)
+
+
+def _per_position(layer: nn.Module, x: Array) -> Array:
+    """A Dense `layer` (diffusion_tf's NIN) applied to [B, H, W, C] as one [B * H * W, C] matrix
+    product: same parameters, but a plain GEMM, which XLA's CPU backend differentiates far faster
+    than a dot_general contracting the last axis of a 4-D array (benchmarks/RESULTS.md)."""
+    y = layer(x.reshape(-1, x.shape[-1]))
+    return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 def _ddpm_init(scale: float = 1.0) -> nn.initializers.Initializer:
@@ -409,7 +444,8 @@ class DDPMResnetBlock(nn.Module):
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = nn.Conv(self.features, (3, 3), kernel_init=_ddpm_init(0.0), name="conv2", **kwargs)(h)
         if x.shape[-1] != self.features:
-            x = nn.Dense(self.features, kernel_init=_ddpm_init(), name="nin_shortcut", **kwargs)(x)
+            x = _per_position(nn.Dense(self.features, kernel_init=_ddpm_init(),
+                                       name="nin_shortcut", **kwargs), x)
         return x + h
 
 
@@ -425,12 +461,14 @@ class DDPMAttnBlock(nn.Module):
         batch, height, width, channels = x.shape
         kwargs = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = nn.GroupNorm(32, epsilon=1e-6, name="norm", **kwargs)(x)
-        q, k, v = (nn.Dense(channels, kernel_init=_ddpm_init(), name=name, **kwargs)(h)
-                   .reshape(batch, height * width, channels) for name in ("q", "k", "v"))
+        q, k, v = (_per_position(nn.Dense(channels, kernel_init=_ddpm_init(), name=name,
+                                          **kwargs), h).reshape(batch, height * width, channels)
+                   for name in ("q", "k", "v"))
         logits = jnp.einsum("bic,bjc->bij", q, k).astype(jnp.float32) * channels ** -0.5
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         h = jnp.einsum("bij,bjc->bic", weights, v).reshape(batch, height, width, channels)
-        return x + nn.Dense(channels, kernel_init=_ddpm_init(0.0), name="proj_out", **kwargs)(h)
+        return x + _per_position(nn.Dense(channels, kernel_init=_ddpm_init(0.0), name="proj_out",
+                                          **kwargs), h)
 
 
 class DDPMUnet(nn.Module):
