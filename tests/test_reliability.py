@@ -161,7 +161,8 @@ def test_no_usable_checkpoint_is_a_one_line_error(tmp_path):
                           text=True, timeout=300)
     assert done.returncode == 2
     errors = [line for line in done.stderr.strip().splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and done.stderr.strip().endswith(errors[0]), done.stderr
+    # (Orbax may also log the storage error from its own threads, before or after our line.)
+    assert len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
     assert "no usable checkpoint" in errors[0] and "checkpoints/5" in errors[0]
 
 

@@ -21,7 +21,7 @@ def run_check(*arguments, devices=8):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("model, steps, per_call", [("mlp", 3, 1), ("unet", 2, 1), ("mlp", 4, 2)])
+@pytest.mark.parametrize("model, steps, per_call", [("mlp", 3, 1), ("mlp", 4, 2)])
 def test_sharded_train_step_matches_single_device(model, steps, per_call):
     result = run_check("train_equivalence", model, str(steps), str(per_call))
     assert result["devices"] == 8 and result["step"] == steps and result["replicated"]
