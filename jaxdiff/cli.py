@@ -4,6 +4,7 @@ print a traceback for a misspelt `--config.optim.lrr`, and exit with 1)."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -15,7 +16,12 @@ USAGE_ERROR = 2
 def fail(message: str) -> None:
     """Print `error: message` as one line on stderr and exit with code 2."""
     print("error: " + " ".join(str(message).split()), file=sys.stderr)
-    sys.exit(USAGE_ERROR)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # os._exit, not sys.exit: nothing has been written yet, and a failed Orbax restore leaves
+    # coroutines whose garbage collection at interpreter exit would print a traceback after this
+    # line ("Exception ignored in ...").
+    os._exit(USAGE_ERROR)
 
 
 def _offending_argument(argv: list[str], key: str) -> str:
