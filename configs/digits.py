@@ -25,7 +25,7 @@ def get_config(arg: str = ""):
     config.optim.warmup_steps = 200
     config.optim.decay = "cosine"
 
-    config.train.steps = 4000
+    config.train.steps = 3000
     config.train.batch_size = 64
     config.train.checkpoint_every = 1000
     config.train.keep_checkpoints = 2
