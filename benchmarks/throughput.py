@@ -9,8 +9,9 @@ evaluation per image and step), compile times, and the train step's FLOPs from X
 analysis with the TFLOP/s they imply. Each timing is the median of `--repeats` timed runs.
 
 Inputs are random images already on the device, so the numbers are the model's speed, not the
-data pipeline's. With several devices the batch is split over a 'data' mesh axis and the train
-state is replicated (plain data parallelism); the batch must divide evenly.
+data pipeline's. With several devices the batch is split over the mesh of `jaxdiff.sharding` and
+the train state is replicated (data parallelism, as train_loop runs it); the batch must divide
+evenly.
 """
 
 from __future__ import annotations
@@ -25,11 +26,30 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jaxdiff
+from jaxdiff import sharding
 from jaxdiff.models.unet import DDPMUnet, Unet
 from jaxdiff.training import create_train_state, make_optimizer, make_train_step
+
+
+def cpu_busy_seconds() -> float | None:
+    """CPU seconds all processes have used (user, nice, system, irq, softirq, steal; /proc/stat).
+    The share of it that is not this process's measures how much other jobs competed."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def others_cpu_share(busy_start, busy_end, own_cpu_s: float, wall_s: float) -> float | None:
+    """Fraction of the machine's CPU capacity used by other processes over a timed window."""
+    if busy_start is None or busy_end is None:
+        return None
+    return max(0.0, busy_end - busy_start - own_cpu_s) / (wall_s * os.cpu_count())
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -60,8 +80,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("batch", "steps", "sample_steps", "sample_calls", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1")
-    if args.batch % jax.device_count():
-        parser.error(f"--batch={args.batch} must be divisible by the {jax.device_count()} devices")
     return args
 
 
@@ -73,12 +91,6 @@ def build_model(args):
     return Unet(dim=args.dim, dim_mults=args.dim_mults, channels=args.channels,
                 resnet_block_groups=args.resnet_block_groups or None,
                 num_classes=args.num_classes, dtype=dtype, param_dtype=jnp.float32)
-
-
-def shardings() -> tuple[NamedSharding, NamedSharding]:
-    """(batch sharding: leading axis split over 'data', replicated sharding) on all devices."""
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    return NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
 
 
 def random_batch(args, key) -> dict[str, jax.Array]:
@@ -106,41 +118,45 @@ def timed(compile_fn):
     return result, time.perf_counter() - start
 
 
-def benchmark_train(args, model, params, batch_sharding, replicated):
-    """(train img/s per repeat, median CPU seconds per step, compile seconds, FLOPs per step)."""
+def benchmark_train(args, model, params, mesh):
+    """(train img/s per repeat, median CPU seconds per step, other processes' CPU share per
+    repeat, compile seconds, FLOPs per step)."""
     optimizer = make_optimizer(1e-4, grad_clip=1.0)
     schedule = jaxdiff.make_schedule("cosine", 1000)
     train_step = make_train_step(
         model.apply, optimizer, schedule,
-        loss_kwargs=dict(objective=args.objective), ema_decay=0.9999,
+        loss_kwargs=dict(objective=args.objective), ema_decay=0.9999, mesh=mesh,
     )
     # A copy: the step donates the state, and the sampler benchmark still needs `params`.
     params = jax.tree.map(jnp.copy, params)
-    state = jax.device_put(create_train_state(params, optimizer, jax.random.key(args.seed + 1)),
-                           replicated)
+    state = sharding.put_replicated(
+        create_train_state(params, optimizer, jax.random.key(args.seed + 1)), mesh)
     batches = [jax.device_put(random_batch(args, jax.random.key(args.seed + 2 + i)),
-                              batch_sharding) for i in range(2)]
+                              sharding.batch_sharding(mesh)) for i in range(2)]
     compiled, compile_s = timed(lambda: train_step.lower(state, batches[0]).compile())
 
     for i in range(args.warmup):
         state, metrics = compiled(state, batches[i % 2])
     jax.block_until_ready((state, metrics) if args.warmup else state)
-    rates, cpu_s = [], []
+    rates, cpu_s, others = [], [], []
     for _ in range(args.repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
+        start, start_cpu, start_busy = time.perf_counter(), time.process_time(), cpu_busy_seconds()
         for i in range(args.steps):
             # Steps are chained through `state`, so blocking on the last one waits for all.
             state, metrics = compiled(state, batches[i % 2])
         jax.block_until_ready((state, metrics))
-        rates.append(args.steps * args.batch / (time.perf_counter() - start))
-        cpu_s.append((time.process_time() - start_cpu) / args.steps)
+        wall, own = time.perf_counter() - start, time.process_time() - start_cpu
+        rates.append(args.steps * args.batch / wall)
+        cpu_s.append(own / args.steps)
+        others.append(others_cpu_share(start_busy, cpu_busy_seconds(), own, wall))
     if not np.isfinite(float(metrics["loss"])):
         raise FloatingPointError(f"train loss is {float(metrics['loss'])}")
-    return rates, statistics.median(cpu_s), compile_s, flops_of(compiled)
+    return rates, statistics.median(cpu_s), others, compile_s, flops_of(compiled)
 
 
-def benchmark_sample(args, model, params, batch_sharding, replicated):
-    """(sample image-steps/s per repeat, compile seconds, FLOPs per step).
+def benchmark_sample(args, model, params, mesh):
+    """(sample image-steps/s per repeat, other processes' CPU share per repeat, compile seconds,
+    FLOPs per step).
 
     XLA's cost analysis counts a while loop's body once, so for the sampler's `lax.scan` it
     gives the FLOPs of one step (one network evaluation of the batch plus the update)."""
@@ -155,24 +171,26 @@ def benchmark_sample(args, model, params, batch_sharding, replicated):
             num_steps=args.sample_steps, objective=args.objective, x_T=x_T, cond=cond,
         )
 
-    params = jax.device_put(params, replicated)
+    params = sharding.put_replicated(params, mesh)
     key = jax.random.key(args.seed + 10)
-    x_T = jax.device_put(jax.random.normal(key, shape, jnp.float32), batch_sharding)
+    x_T = sharding.batch_noise(key, shape, mesh)
     compiled, compile_s = timed(lambda: sample.lower(params, key, x_T).compile())
     jax.block_until_ready(compiled(params, key, x_T))
     # Made before timing: an eager fold_in compiles on first use.
     keys = jax.block_until_ready([jax.random.fold_in(key, i) for i in range(args.sample_calls)])
-    rates = []
+    rates, others = [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, start_cpu, start_busy = time.perf_counter(), time.process_time(), cpu_busy_seconds()
         # Independent calls: block on every output, not only the last.
         samples = [compiled(params, k, x_T) for k in keys]
         jax.block_until_ready(samples)
-        rates.append(args.sample_calls * args.batch * args.sample_steps
-                     / (time.perf_counter() - start))
+        wall = time.perf_counter() - start
+        rates.append(args.sample_calls * args.batch * args.sample_steps / wall)
+        others.append(others_cpu_share(start_busy, cpu_busy_seconds(),
+                                       time.process_time() - start_cpu, wall))
     if not np.all(np.isfinite(np.asarray(samples[-1]))):
         raise FloatingPointError("samples are not finite")
-    return rates, compile_s, flops_of(compiled)
+    return rates, others, compile_s, flops_of(compiled)
 
 
 def cpu_model() -> str | None:
@@ -189,17 +207,20 @@ def cpu_model() -> str | None:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     model = build_model(args)
-    batch_sharding, replicated = shardings()
+    mesh = sharding.make_mesh()
+    if args.batch % sharding.num_batch_shards(mesh):
+        raise SystemExit(f"--batch={args.batch} is invalid: it must be divisible by the "
+                         f"{sharding.num_batch_shards(mesh)} devices the batch is split over")
     x = jnp.zeros((1, args.image_size, args.image_size, args.channels), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
     params = jax.jit(model.init)(jax.random.key(args.seed), x, t)
     num_params = int(sum(leaf.size for leaf in jax.tree.leaves(params)))
     load_before = os.getloadavg()[0]
 
-    train_rates, train_cpu_s, train_compile_s, train_flops = benchmark_train(
-        args, model, params, batch_sharding, replicated)
-    sample_rates, sample_compile_s, sample_flops = benchmark_sample(
-        args, model, params, batch_sharding, replicated)
+    train_rates, train_cpu_s, train_others, train_compile_s, train_flops = benchmark_train(
+        args, model, params, mesh)
+    sample_rates, sample_others, sample_compile_s, sample_flops = benchmark_sample(
+        args, model, params, mesh)
 
     train_img_per_s = statistics.median(train_rates)
     step_s = args.batch / train_img_per_s
@@ -221,8 +242,10 @@ def main(argv=None) -> dict:
         # Process CPU time (all threads) per step: less sensitive than wall time to other jobs
         # sharing the CPU, though spinning worker threads count too.
         "train_cpu_s_per_step": round(train_cpu_s, 3),
+        "train_others_cpu_share_runs": [None if o is None else round(o, 2) for o in train_others],
         "sample_img_steps_per_s": round(statistics.median(sample_rates), 2),
         "sample_img_steps_per_s_runs": [round(r, 2) for r in sample_rates],
+        "sample_others_cpu_share_runs": [None if o is None else round(o, 2) for o in sample_others],
         "compile_s": round(train_compile_s, 2),
         "sample_compile_s": round(sample_compile_s, 2),
         "train_flops_per_step": train_flops,

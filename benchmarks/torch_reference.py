@@ -61,6 +61,25 @@ def install_import_stubs() -> None:
             "calculate_frechet_distance"))
 
 
+def cpu_busy_seconds() -> float | None:
+    """CPU seconds all processes have used (user, nice, system, irq, softirq, steal; /proc/stat).
+    The share of it that is not this process's measures how much other jobs competed."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def others_cpu_share(busy_start, busy_end, own_cpu_s: float, wall_s: float) -> float | None:
+    """Fraction of the machine's CPU capacity used by other processes over a timed window."""
+    if busy_start is None or busy_end is None:
+        return None
+    return max(0.0, busy_end - busy_start - own_cpu_s) / (wall_s * os.cpu_count())
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dim", type=int, default=32)
@@ -131,14 +150,16 @@ def main(argv=None) -> dict:
     train_flops = counter.get_total_flops()
     for i in range(args.warmup):
         train_step(batches[i % 2])
-    train_rates, cpu_s = [], []
+    train_rates, cpu_s, others = [], [], []
     for _ in range(args.repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
+        start, start_cpu, start_busy = time.perf_counter(), time.process_time(), cpu_busy_seconds()
         for i in range(args.steps):
             loss = train_step(batches[i % 2])
         loss = float(loss.detach())  # eager CPU ops are synchronous; this reads the value
-        train_rates.append(args.steps * args.batch / (time.perf_counter() - start))
-        cpu_s.append((time.process_time() - start_cpu) / args.steps)
+        wall, own = time.perf_counter() - start, time.process_time() - start_cpu
+        train_rates.append(args.steps * args.batch / wall)
+        cpu_s.append(own / args.steps)
+        others.append(others_cpu_share(start_busy, cpu_busy_seconds(), own, wall))
 
     diffusion.eval()
 
@@ -150,13 +171,15 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     sample()
     first_sample_s = time.perf_counter() - start
-    sample_rates = []
+    sample_rates, sample_others = [], []
     for _ in range(args.repeats):
-        start = time.perf_counter()
+        start, start_cpu, start_busy = time.perf_counter(), time.process_time(), cpu_busy_seconds()
         for _ in range(args.sample_calls):
             samples = sample()
-        sample_rates.append(args.sample_calls * args.batch * args.sample_steps
-                            / (time.perf_counter() - start))
+        wall = time.perf_counter() - start
+        sample_rates.append(args.sample_calls * args.batch * args.sample_steps / wall)
+        sample_others.append(others_cpu_share(start_busy, cpu_busy_seconds(),
+                                              time.process_time() - start_cpu, wall))
     if not (torch.isfinite(samples).all() and torch.isfinite(torch.tensor(loss))):
         raise FloatingPointError("non-finite loss or samples")
 
@@ -176,8 +199,10 @@ def main(argv=None) -> dict:
         "train_img_per_s_runs": [round(r, 2) for r in train_rates],
         "train_step_ms": round(1e3 * step_s, 2),
         "train_cpu_s_per_step": round(statistics.median(cpu_s), 3),
+        "train_others_cpu_share_runs": [None if o is None else round(o, 2) for o in others],
         "sample_img_steps_per_s": round(statistics.median(sample_rates), 2),
         "sample_img_steps_per_s_runs": [round(r, 2) for r in sample_rates],
+        "sample_others_cpu_share_runs": [None if o is None else round(o, 2) for o in sample_others],
         "compile_s": 0.0,  # eager
         "first_step_s": round(first_step_s, 3), "first_sample_s": round(first_sample_s, 3),
         "train_flops_per_step": train_flops,

@@ -129,6 +129,46 @@ class RMSNorm(nn.Module):
         return (y * math.sqrt(dim)).astype(self.dtype)
 
 
+class GroupNorm(nn.Module):
+    """Group normalisation (Wu & He 2018) of [B, H, W, C] over (H, W, C / groups), then a gain
+    and bias per channel: `nn.GroupNorm` (same parameters "scale" and "bias", same statistics in
+    float32, same variance E[x^2] - E[x]^2 clipped at 0), written as y = a x + b with
+    a = scale / sqrt(var + eps) and b = bias - a mean per example and channel.
+
+    Why: the statistics come from per-channel means over positions, so XLA reduces the big axis
+    once and the output is one fused multiply-add; on CPU this is ~3x faster forward and ~1.5x
+    faster forward + backward than `nn.GroupNorm` (benchmarks/RESULTS.md).
+    """
+
+    num_groups: int
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        batch, channels = x.shape[0], x.shape[-1]
+        if channels % self.num_groups:
+            raise ValueError(f"GroupNorm: {self.num_groups} groups do not divide the "
+                             f"{channels} channels")
+        group_size = channels // self.num_groups
+        scale = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        spatial = tuple(range(1, x.ndim - 1))
+        # Equal counts per channel, so the group mean is the mean of the channel means.
+        mean = jnp.mean(x32, axis=spatial).reshape(batch, self.num_groups, group_size).mean(-1)
+        mean_sq = jnp.mean(jnp.square(x32), axis=spatial).reshape(
+            batch, self.num_groups, group_size).mean(-1)
+        var = jnp.maximum(0.0, mean_sq - jnp.square(mean))
+        inv_std = jnp.repeat(jax.lax.rsqrt(var + self.epsilon), group_size, axis=-1)
+        a = inv_std * scale.astype(jnp.float32).reshape(1, channels)
+        b = bias.astype(jnp.float32).reshape(1, channels) - a * jnp.repeat(mean, group_size,
+                                                                            axis=-1)
+        shape = (batch,) + (1,) * (x.ndim - 2) + (channels,)
+        return (x32 * a.reshape(shape) + b.reshape(shape)).astype(self.dtype)
+
+
 class Block(nn.Module):
     """conv3x3 -> norm -> x * (scale + 1) + shift -> SiLU -> dropout.
 
@@ -150,8 +190,8 @@ class Block(nn.Module):
             x = RMSNorm(self.dtype, self.param_dtype, name="norm")(x)
         else:
             # PyTorch's GroupNorm epsilon.
-            x = nn.GroupNorm(self.groups, epsilon=1e-5, dtype=self.dtype,
-                             param_dtype=self.param_dtype, name="norm")(x)
+            x = GroupNorm(self.groups, epsilon=1e-5, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name="norm")(x)
         if scale_shift is not None:
             scale, shift = scale_shift
             x = x * (scale + 1) + shift
@@ -434,7 +474,7 @@ class DDPMResnetBlock(nn.Module):
     @nn.compact
     def __call__(self, x: Array, temb: Array, train: bool) -> Array:
         kwargs = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        norm = lambda name: nn.GroupNorm(32, epsilon=1e-6, name=name, **kwargs)  # noqa: E731
+        norm = lambda name: GroupNorm(32, epsilon=1e-6, name=name, **kwargs)  # noqa: E731
         h = nn.swish(norm("norm1")(x))
         h = nn.Conv(self.features, (3, 3), kernel_init=_ddpm_init(), name="conv1", **kwargs)(h)
         temb = nn.Dense(self.features, kernel_init=_ddpm_init(), name="temb_proj",
@@ -460,7 +500,7 @@ class DDPMAttnBlock(nn.Module):
     def __call__(self, x: Array) -> Array:
         batch, height, width, channels = x.shape
         kwargs = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = nn.GroupNorm(32, epsilon=1e-6, name="norm", **kwargs)(x)
+        h = GroupNorm(32, epsilon=1e-6, name="norm", **kwargs)(x)
         q, k, v = (_per_position(nn.Dense(channels, kernel_init=_ddpm_init(), name=name,
                                           **kwargs), h).reshape(batch, height * width, channels)
                    for name in ("q", "k", "v"))
@@ -539,7 +579,7 @@ class DDPMUnet(nn.Module):
                 h = nn.Conv(h.shape[-1], (3, 3), kernel_init=_ddpm_init(),
                             name=f"up_{level}_upsample", **kwargs)(_upsample_nearest(h))
 
-        h = nn.swish(nn.GroupNorm(32, epsilon=1e-6, name="norm_out", **kwargs)(h))
+        h = nn.swish(GroupNorm(32, epsilon=1e-6, name="norm_out", **kwargs)(h))
         out = nn.Conv(self.channels, (3, 3), kernel_init=_ddpm_init(0.0), name="conv_out",
                       **kwargs)(h)
         return out.astype(jnp.float32)
