@@ -18,11 +18,12 @@ Scale s follows diffusers: 1 is plain conditional sampling, 0 unconditional, s >
 
 import os
 
+import jax
 import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from jaxdiff import cli, plotting
+from jaxdiff import cli, plotting, sharding
 from jaxdiff.checkpoint import CheckpointError
 from jaxdiff.experiment import SAMPLERS, ConfigError, load_run
 
@@ -41,6 +42,8 @@ _GUIDANCE = flags.DEFINE_string("guidance_scale", None, "Comma-separated classif
                                 "scales, e.g. 1,3,5 (default: the config's sample.guidance_scale).")
 _RESCALE = flags.DEFINE_float("guidance_rescale", None, "Guidance rescale phi in [0, 1] (Lin et al. "
                               "2024; default: the config's).")
+_DEVICES = flags.DEFINE_integer("num_devices", None, "Devices to split the sample batch over "
+                                "(default: all, on every host).")
 _GRID_COLUMNS = 8  # samples per (class, scale) cell shown in the grid
 
 
@@ -90,7 +93,9 @@ def write_class_samples(run, labels, scales) -> None:
     per_cell = _NUM.value if flags.FLAGS["num_samples"].present else 1
     cells = run.sample_classes(labels, scales, per_cell, seed=_SEED.value, sampler=_SAMPLER.value,
                                steps=_STEPS.value, eta=_ETA.value,
-                               guidance_rescale=_RESCALE.value)
+                               guidance_rescale=_RESCALE.value, num_devices=_DEVICES.value)
+    if not sharding.is_main_process():
+        return
     shape = cells.shape[3:]
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     np.savez(_OUT.value, samples=cells.reshape((-1,) + shape),
@@ -120,6 +125,9 @@ def check_flags(run) -> None:
         raise ConfigError(f"--steps={_STEPS.value} is invalid: an integer in [1, T={timesteps}]")
     if _ETA.value is not None and _ETA.value < 0:
         raise ConfigError(f"--eta={_ETA.value} is invalid: a number >= 0")
+    if _DEVICES.value is not None and not 1 <= _DEVICES.value <= jax.device_count():
+        raise ConfigError(f"--num_devices={_DEVICES.value} is invalid: an integer in "
+                          f"[1, {jax.device_count()}] (the devices present)")
     if not _OUT.value.endswith(".npz"):
         raise ConfigError(f"--out={_OUT.value!r} is invalid: a path ending in .npz")
 
@@ -129,6 +137,7 @@ def main(argv) -> None:
         cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}: flags are written --name=value")
     absl_logging.set_verbosity(absl_logging.WARNING)
     try:
+        sharding.initialize_distributed()
         run = load_run(_WORKDIR.value, step=_STEP.value)
         check_flags(run)
         labels, scales = guidance_flags(run)
@@ -138,7 +147,10 @@ def main(argv) -> None:
         write_class_samples(run, labels, scales)
         return
     out = run.sample(_NUM.value, seed=_SEED.value, sampler=_SAMPLER.value, steps=_STEPS.value,
-                     eta=_ETA.value, return_trajectory=_TRAJECTORY.value)
+                     eta=_ETA.value, return_trajectory=_TRAJECTORY.value,
+                     num_devices=_DEVICES.value)
+    if not sharding.is_main_process():  # every host sampled its share; one writes
+        return
     samples, trajectory = out if _TRAJECTORY.value else (out, None)
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     np.savez(_OUT.value, samples=samples)

@@ -29,6 +29,7 @@ import numpy as np
 
 import jaxdiff
 from jaxdiff import sharding
+from jaxdiff.compilation import compiler_options, jit
 from jaxdiff.models.unet import DDPMUnet, Unet
 from jaxdiff.training import create_train_state, make_optimizer, make_train_step
 
@@ -164,7 +165,7 @@ def benchmark_sample(args, model, params, mesh):
     shape = (args.batch, args.image_size, args.image_size, args.channels)
     cond = {"labels": jnp.zeros((args.batch,), jnp.int32)} if args.num_classes else None
 
-    @jax.jit
+    @jit
     def sample(params, key, x_T):
         return jaxdiff.ddim_sample(
             functools.partial(model.apply, params), schedule, key=key, shape=shape,
@@ -257,6 +258,7 @@ def main(argv=None) -> dict:
         "device_count": jax.device_count(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "compiler_options": compiler_options(),
     }
     print(json.dumps(result), flush=True)
     return result

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxdiff import sharding
 from jaxdiff.checkpoint import Checkpointer, CheckpointError, error_summary, read_json
 from jaxdiff.data import TOY2D_NAMES, Standardizer
 from jaxdiff.data.images import TFDS_SETS, to_uint8
@@ -354,16 +355,26 @@ class Run(NamedTuple):
     def sample(self, num_samples: int, *, seed: int = 0, sampler: str | None = None,
                steps: int | None = None, eta: float | None = None, labels=None,
                return_trajectory: bool = False, guidance_scale=None, guidance_rescale=None,
-               x_T=None):
+               x_T=None, num_devices: int | None = None):
         """Samples in data space (and the data-space trajectory [S, N, ...] when asked).
 
         `labels` (one class per sample, or one for all) and classifier-free guidance as in
-        `sample_model`; `x_T` starts from given model-space noise.
+        `sample_model`; `x_T` starts from given model-space noise. The batch is split over
+        `num_devices` devices (default: all, every host) in one compiled call; a seed gives the
+        same samples on any device count (to float rounding).
         """
-        out = sample_model(
-            self.model_fn, self.schedule, self.config, (num_samples,) + self.data_shape,
-            key=jax.random.key(seed), sampler=sampler, steps=steps, eta=eta, labels=labels,
-            return_trajectory=return_trajectory, guidance_scale=guidance_scale,
+        if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+            raise ConfigError(f"num_samples={num_samples!r} is invalid: it must be an integer "
+                              f">= 1")
+        try:
+            mesh = sharding.make_mesh(num_devices)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        params = sharding.put_replicated(self.params, mesh)
+        out = sample_sharded(
+            functools.partial(self.model.apply, params), self.schedule, self.config, (int(num_samples),) + self.data_shape,
+            key=jax.random.key(seed), mesh=mesh, sampler=sampler, steps=steps, eta=eta,
+            labels=labels, return_trajectory=return_trajectory, guidance_scale=guidance_scale,
             guidance_rescale=guidance_rescale, x_T=x_T,
         )
         if return_trajectory:
@@ -372,7 +383,8 @@ class Run(NamedTuple):
 
     def sample_classes(self, labels, guidance_scales=(1.0,), num_per_cell: int = 1, *,
                        seed: int = 0, sampler: str | None = None, steps: int | None = None,
-                       eta: float | None = None, guidance_rescale=None) -> np.ndarray:
+                       eta: float | None = None, guidance_rescale=None,
+                       num_devices: int | None = None) -> np.ndarray:
         """Data-space samples [len(labels), len(guidance_scales), num_per_cell, ...] in one
         batched (guided) sampler call: row = class, column = guidance scale. Every cell starts
         from the same `num_per_cell` draws of x_T, so along a row only the scale changes (with
@@ -392,7 +404,7 @@ class Run(NamedTuple):
             labels=np.repeat(labels, len(scales) * num_per_cell),
             guidance_scale=(float(scales[0]) if len(scales) == 1
                             else np.tile(np.repeat(scales, num_per_cell), len(labels))),
-            guidance_rescale=guidance_rescale, x_T=x_T,
+            guidance_rescale=guidance_rescale, x_T=x_T, num_devices=num_devices,
         )
         return out.reshape(cells + out.shape[1:])
 
@@ -423,6 +435,36 @@ def sample_model(model_fn, schedule: Schedule, config, shape, *, key, sampler=No
             timestep_spacing=options.timestep_spacing, **common,
         )
     raise ConfigError(f"sampler={sampler!r} is invalid: one of {', '.join(SAMPLERS)}")
+
+
+def sample_sharded(model_fn, schedule: Schedule, config, shape, *, key, mesh, labels=None,
+                   x_T=None, guidance_scale=None, guidance_rescale=None, **kwargs):
+    """`sample_model` with the batch split over `mesh`'s devices in one compiled call; returns
+    host numpy arrays (the global values on every host).
+
+    The batch is padded to a multiple of the device count and the padding dropped afterwards.
+    x_T is drawn exactly as the unsharded sampler draws it, but directly in the batch-sharded
+    layout; JAX's partitionable threefry makes a draw of N + pad rows start with the N-row draw
+    (the per-step noise too), so the first N samples do not depend on the device count.
+    """
+    count, rest = shape[0], tuple(shape[1:])
+    _conditioning(config, count, labels, guidance_scale, guidance_rescale)  # checks, unpadded
+    if x_T is not None and np.shape(x_T) != tuple(shape):
+        raise ConfigError(f"x_T has shape {np.shape(x_T)}, expected shape={tuple(shape)}")
+    padded = sharding.padded_count(count, mesh)
+    pad = lambda value: value if value is None or not np.ndim(value) else (  # noqa: E731
+        np.resize(np.asarray(value), (padded,) + np.shape(value)[1:]))
+    if x_T is None:
+        x_T = sharding.batch_noise(jax.random.split(key)[0], (padded,) + rest, mesh)
+    else:
+        x_T = jax.device_put(pad(np.asarray(x_T, np.float32)), sharding.batch_sharding(mesh))
+    out = sample_model(model_fn, schedule, config, (padded,) + rest, key=key, labels=pad(labels),
+                       x_T=x_T, guidance_scale=pad(guidance_scale),
+                       guidance_rescale=pad(guidance_rescale), **kwargs)
+    out = sharding.to_host(out)
+    if kwargs.get("return_trajectory"):
+        return out[0][:count], out[1][:, :count]
+    return out[:count]
 
 
 def _conditioning(config, num_samples: int, labels, guidance_scale, guidance_rescale):

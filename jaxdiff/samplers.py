@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from jaxdiff.compilation import jit
 from jaxdiff.diffusion import check_objective, extract, model_predictions, q_posterior
 from jaxdiff.schedules import Schedule
 
@@ -285,7 +286,7 @@ def _guided_model_fn(model_fn, cond, shape, guidance_scale, guidance_rescale, nu
 
 
 @functools.partial(
-    jax.jit,
+    jit,
     static_argnames=("shape", "objective", "clip_x0", "variance", "self_condition",
                      "return_trajectory"),
 )
@@ -373,7 +374,7 @@ def ddim_coefficients(alpha_cumprod: Array, alpha_cumprod_next: Array, eta) -> t
 
 
 @functools.partial(
-    jax.jit,
+    jit,
     static_argnames=("shape", "num_steps", "objective", "clip_x0", "timestep_spacing",
                      "self_condition", "return_trajectory"),
 )

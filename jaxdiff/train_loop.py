@@ -339,27 +339,12 @@ class _SignalCatcher:
         return False
 
 
-def _sample(config, model, schedule, state, shape, *, labels=None, seed=1, **kwargs):
-    """EMA samples in model space (numpy), split over every device: the starting noise is drawn
-    batch-sharded (padded to a multiple of the device count) and the compiled reverse loop keeps
-    that layout."""
+def _sample(config, model, schedule, state, shape, *, seed=1, **kwargs):
+    """EMA samples in model space (numpy), split over every device in one compiled call."""
     mesh = sharding.make_mesh(config.train.get("num_devices", 0) or None)
-    count = shape[0]
-    padded = sharding.padded_count(count, mesh)
-    key = jax.random.key(config.seed + seed)
-    x_T = sharding.batch_noise(jax.random.fold_in(key, 1), (padded,) + tuple(shape[1:]), mesh)
-    if labels is not None and np.ndim(labels):
-        labels = np.resize(np.asarray(labels), padded)
-    for name in ("guidance_scale", "guidance_rescale"):  # per-sample values follow the padding
-        if kwargs.get(name) is not None and np.ndim(kwargs[name]):
-            kwargs[name] = np.resize(np.asarray(kwargs[name]), padded)
     model_fn = functools.partial(model.apply, state.ema_params)
-    out = experiment.sample_model(model_fn, schedule, config, (padded,) + tuple(shape[1:]),
-                                  key=key, labels=labels, x_T=x_T, **kwargs)
-    out = sharding.to_host(out)
-    if kwargs.get("return_trajectory"):
-        return out[0][:count], out[1][:, :count]
-    return out[:count]
+    return experiment.sample_sharded(model_fn, schedule, config, shape,
+                                     key=jax.random.key(config.seed + seed), mesh=mesh, **kwargs)
 
 
 def _grid_labels(config, count: int):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax import Array
 
+from jaxdiff.compilation import jit
 from jaxdiff.losses import diffusion_loss
 from jaxdiff.schedules import Schedule
 
@@ -174,7 +175,7 @@ def make_train_step(apply_fn, optimizer, schedule: Schedule, *, loss_kwargs: dic
             return state, jax.tree.map(lambda m: m[-1], metrics)
 
     if mesh is None:
-        return jax.jit(step, donate_argnums=0)
+        return jit(step, donate_argnums=0)
     from jaxdiff.sharding import replicated
 
-    return jax.jit(step, donate_argnums=0, out_shardings=replicated(mesh))
+    return jit(step, donate_argnums=0, out_shardings=replicated(mesh))

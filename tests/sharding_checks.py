@@ -159,6 +159,32 @@ def sampling():
     }))
 
 
+def run_sampling(workdir):
+    """`Run.sample` of a train.py run: split over all devices (the batch padded to a multiple of
+    the count) it gives the samples of a single-device call with the same seed."""
+    from jaxdiff.experiment import load_run
+
+    run = load_run(workdir)
+    seen = []
+    to_host = sharding.to_host
+
+    def recording_to_host(tree):
+        seen.append(max(len(leaf.sharding.device_set) for leaf in jax.tree.leaves(tree)))
+        return to_host(tree)
+
+    sharding.to_host = recording_to_host
+    common = dict(seed=3, sampler="ddim", steps=10, eta=1.0)
+    spread, path = run.sample(10, return_trajectory=True, **common)
+    single = run.sample(10, num_devices=1, **common)
+    ddpm = [run.sample(6, seed=4, sampler="ddpm", num_devices=n) for n in (None, 1)]
+    print(json.dumps({
+        "devices_used": seen, "shape": list(spread.shape), "path_shape": list(path.shape),
+        "max_abs_diff": float(np.max(np.abs(spread - single))),
+        "ddpm_max_abs_diff": float(np.max(np.abs(ddpm[0] - ddpm[1]))),
+        "path_end_matches": bool(np.allclose(path[-1], spread)),
+    }))
+
+
 if __name__ == "__main__":
     check, *arguments = sys.argv[1:]
     globals()[check](*arguments)

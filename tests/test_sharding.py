@@ -66,6 +66,23 @@ def test_train_script_runs_sharded_with_several_steps_per_call(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "step 40:" in done.stdout
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["20", "40"]
+    sampled = run_check("run_sampling", workdir, devices=4)
+    assert sampled["devices_used"] == [4, 1, 4, 1], sampled
+    assert sampled["shape"] == [10, 2] and sampled["path_shape"] == [11, 10, 2]
+    assert sampled["path_end_matches"]
+    # the same seed on 4 devices (10 padded to 12) and on 1: float rounding of the batch only
+    assert sampled["max_abs_diff"] < 1e-4 and sampled["ddpm_max_abs_diff"] < 1e-4, sampled
+    out = str(tmp_path / "samples.npz")
+    script = subprocess.run(
+        [sys.executable, "sample.py", f"--workdir={workdir}", "--num_samples=7", f"--out={out}",
+         "--num_devices=4", "--sampler=ddim", "--steps=5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert script.returncode == 0, script.stderr[-3000:]
+    assert "wrote 7 samples" in script.stdout
+    too_many = subprocess.run(
+        [sys.executable, "sample.py", f"--workdir={workdir}", "--num_devices=5", f"--out={out}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert too_many.returncode == 2 and "--num_devices=5" in too_many.stderr.splitlines()[-1]
     bad = subprocess.run(
         [sys.executable, "train.py", "--config=configs/toy2d.py:quick",
          f"--workdir={tmp_path / 'bad'}", "--config.train.batch_size=30"],
