@@ -14,6 +14,9 @@ draws --num_samples samples for every (label, guidance scale) pair from shared n
 `samples`, `labels` and `guidance_scale` (one entry per sample) and a grid with one row per
 class and, per guidance scale, one column block (one column per scale for --num_samples 1).
 Scale s follows diffusers: 1 is plain conditional sampling, 0 unconditional, s > 1 guided.
+
+The batch is split over every device (of every host, when started as a multi-process job) in
+one compiled call; --num_devices limits them. A seed gives the same samples on any device count.
 """
 
 import os
