@@ -4,9 +4,10 @@ On the CPU backend, XLA's YNNPACK fusions (on by default in jax 0.10) slow the U
 them switched off the train step of the benchmark U-Net (dim 32, 28x28x1, batch 64) runs
 1.1-1.2x faster and its DDIM sampler 1.1-1.3x faster on 2 cores (benchmarks/RESULTS.md).
 They are switched off per compiled function through jit's `compiler_options`, never
-process-wide through XLA_FLAGS, so user code keeps XLA's defaults. The options are chosen at the first call, not at import (which must not start a JAX
-backend before `jax.distributed.initialize`): none on GPU / TPU, none when the installed XLA
-does not know them, and none when JAXDIFF_XLA_OPTIONS=0.
+process-wide through XLA_FLAGS, so user code keeps XLA's defaults. The options are chosen at
+the first call, not at import (which must not start a JAX backend before
+`jax.distributed.initialize`): none on GPU / TPU, none when the installed XLA does not know
+them, and none when JAXDIFF_XLA_OPTIONS=0.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _top_level(args, kwargs) -> bool:
     try:
         from jax._src.core import trace_state_clean
     except ImportError:  # fall back on the inputs: any tracer means an enclosing trace
-        return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))
+        leaves = jax.tree.leaves((args, kwargs))
+        return not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
     return trace_state_clean()
 
 

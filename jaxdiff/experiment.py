@@ -370,9 +370,9 @@ class Run(NamedTuple):
             mesh = sharding.make_mesh(num_devices)
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        params = sharding.put_replicated(self.params, mesh)
+        model_fn = functools.partial(self.model.apply, sharding.put_replicated(self.params, mesh))
         out = sample_sharded(
-            functools.partial(self.model.apply, params), self.schedule, self.config, (int(num_samples),) + self.data_shape,
+            model_fn, self.schedule, self.config, (int(num_samples),) + self.data_shape,
             key=jax.random.key(seed), mesh=mesh, sampler=sampler, steps=steps, eta=eta,
             labels=labels, return_trajectory=return_trajectory, guidance_scale=guidance_scale,
             guidance_rescale=guidance_rescale, x_T=x_T,
