@@ -9,6 +9,8 @@
 
 import ml_collections
 
+from jaxdiff.config_base import add_training_sections
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -30,48 +32,17 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.cond_drop_prob = 0.0  # label dropout for classifier-free guidance
     config.model.self_condition = False
 
-    config.diffusion = ml_collections.ConfigDict()
+    add_training_sections(config)  # shared with the image configs; point-data changes:
     config.diffusion.schedule = "linear"
-    config.diffusion.timesteps = 1000
-    config.diffusion.objective = "pred_noise"
-    config.diffusion.loss_type = "l2"
-    config.diffusion.weighting = "none"
-    config.diffusion.min_snr_gamma = 5.0
-
-    config.optim = ml_collections.ConfigDict()
     config.optim.lr = 1e-3
     config.optim.warmup_steps = 500
     config.optim.decay = "cosine"
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.999
-    config.optim.weight_decay = 0.0
-    config.optim.grad_clip = 1.0
-
-    config.train = ml_collections.ConfigDict()
     config.train.steps = 10_000
     config.train.batch_size = 512
     config.train.log_every = 200
-    config.train.checkpoint_every = 5_000
-    config.train.keep_checkpoints = 3
-    config.train.max_skipped_steps = 20  # stop after this many consecutive non-finite steps
-    config.train.steps_per_call = 1  # train steps per dispatch (a lax.scan over k steps)
-    config.train.num_devices = 0  # devices the batch is split over; 0: all of them, all hosts
-    config.train.cond_drop_schedule = "constant"  # or "linear": from cond_drop_start down
-    config.train.cond_drop_start = 1.0
-
-    config.ema = ml_collections.ConfigDict()
     config.ema.decay = 0.999
-    config.ema.warmup = True
-
-    config.sample = ml_collections.ConfigDict()
     config.sample.sampler = "ddpm"  # or "ddim"
-    config.sample.steps = 100  # DDIM steps (DDPM always uses all T)
-    config.sample.eta = 0.0
-    config.sample.variance = "fixed_small"
     config.sample.clip_x0 = False  # standardised points are not confined to [-1, 1]
-    config.sample.timestep_spacing = "trailing"
-    config.sample.guidance_scale = 1.0  # 1: plain conditional sampling
-    config.sample.guidance_rescale = 0.0
 
     config.eval = ml_collections.ConfigDict()
     config.eval.num_samples = 5_000

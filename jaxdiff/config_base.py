@@ -1,7 +1,9 @@
 """The full field set of an image experiment, shared by the files in configs/.
 
-Each config file starts from `image_config()` and overrides what its experiment changes, so every
-image config has the same fields (and `validate_config` checks them all). Field meanings:
+Each image config file starts from `image_config()` and overrides what its experiment changes,
+so every image config has the same fields (and `validate_config` checks them all); the
+diffusion, optim, train, ema and sample sections come from `add_training_sections`, which
+configs/toy2d.py uses too. Field meanings:
 
 data      name (a TFDS set, "digits", or "folder"), path (folder), data_dir (TFDS data_dir, ""
           for the default), split, image_size, channels, random_flip, strict (corrupt folder
@@ -30,34 +32,10 @@ from __future__ import annotations
 import ml_collections
 
 
-def image_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-
-    config.data = ml_collections.ConfigDict()
-    config.data.name = "digits"
-    config.data.path = ""
-    config.data.data_dir = ""
-    config.data.split = "train"
-    config.data.image_size = 8
-    config.data.channels = 1
-    config.data.random_flip = False
-    config.data.strict = False
-
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "unet"
-    config.model.dim = 64
-    config.model.dim_mults = (1, 2, 4, 8)
-    config.model.resnet_block_groups = 8
-    config.model.num_res_blocks = 2  # ddpm_unet only
-    config.model.attn_resolutions = (16,)  # ddpm_unet only
-    config.model.dropout = 0.0
-    config.model.num_classes = 0
-    config.model.cond_drop_prob = 0.0  # label dropout for classifier-free guidance
-    config.model.self_condition = False
-    config.model.learned_sinusoidal_cond = False
-    config.model.dtype = "float32"
-
+def add_training_sections(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Add the diffusion, optim, train, ema and sample sections with their defaults (the image
+    defaults; configs/toy2d.py overrides what points need). Every config, image or point, gets
+    these fields from here, so a new training option is added once."""
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.schedule = "cosine"
     config.diffusion.timesteps = 1000
@@ -100,6 +78,38 @@ def image_config() -> ml_collections.ConfigDict:
     config.sample.timestep_spacing = "trailing"
     config.sample.guidance_scale = 1.0  # 1: plain conditional sampling
     config.sample.guidance_rescale = 0.0
+    return config
+
+
+def image_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "digits"
+    config.data.path = ""
+    config.data.data_dir = ""
+    config.data.split = "train"
+    config.data.image_size = 8
+    config.data.channels = 1
+    config.data.random_flip = False
+    config.data.strict = False
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "unet"
+    config.model.dim = 64
+    config.model.dim_mults = (1, 2, 4, 8)
+    config.model.resnet_block_groups = 8
+    config.model.num_res_blocks = 2  # ddpm_unet only
+    config.model.attn_resolutions = (16,)  # ddpm_unet only
+    config.model.dropout = 0.0
+    config.model.num_classes = 0
+    config.model.cond_drop_prob = 0.0  # label dropout for classifier-free guidance
+    config.model.self_condition = False
+    config.model.learned_sinusoidal_cond = False
+    config.model.dtype = "float32"
+
+    add_training_sections(config)
 
     config.eval = ml_collections.ConfigDict()
     config.eval.num_samples = 1000
