@@ -33,55 +33,20 @@ from jaxdiff.compilation import compiler_options, jit
 from jaxdiff.models.unet import DDPMUnet, Unet
 from jaxdiff.training import create_train_state, make_optimizer, make_train_step
 
-
-def cpu_busy_seconds() -> float | None:
-    """CPU seconds all processes have used (user, nice, system, irq, softirq, steal; /proc/stat).
-    The share of it that is not this process's measures how much other jobs competed."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def others_cpu_share(busy_start, busy_end, own_cpu_s: float, wall_s: float) -> float | None:
-    """Fraction of the machine's CPU capacity used by other processes over a timed window."""
-    if busy_start is None or busy_end is None:
-        return None
-    return max(0.0, busy_end - busy_start - own_cpu_s) / (wall_s * os.cpu_count())
+from bench_common import (add_shared_args, cpu_busy_seconds, cpu_model, others_cpu_share,
+                          parse)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_shared_args(parser, dtype_help="compute dtype; parameters stay float32")
     parser.add_argument("--model", choices=("unet", "ddpm_unet"), default="unet")
-    parser.add_argument("--dim", type=int, default=32, help="Unet dim / DDPMUnet ch")
-    parser.add_argument("--dim_mults", default="1,2,2", help="comma-separated multipliers")
-    parser.add_argument("--image_size", type=int, default=28)
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=64, help="global batch (all devices)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="compute dtype; parameters stay float32")
     parser.add_argument("--resnet_block_groups", type=int, default=8,
                         help="Unet Block norm: GroupNorm groups, or 0 for the RMSNorm of "
                              "denoising-diffusion-pytorch 2.x")
     parser.add_argument("--num_classes", type=int, default=0,
                         help="> 0 adds a label embedding and feeds labels")
-    parser.add_argument("--objective", default="pred_noise",
-                        choices=jaxdiff.OBJECTIVES)
-    parser.add_argument("--steps", type=int, default=20, help="timed train steps per repeat")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed train steps first")
-    parser.add_argument("--sample_steps", type=int, default=10, help="DDIM steps per sample call")
-    parser.add_argument("--sample_calls", type=int, default=2, help="timed sample calls per repeat")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    args.dim_mults = tuple(int(m) for m in args.dim_mults.split(","))
-    for name in ("batch", "steps", "sample_steps", "sample_calls", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1")
-    return args
+    return parse(parser, argv)
 
 
 def build_model(args):
@@ -192,17 +157,6 @@ def benchmark_sample(args, model, params, mesh):
     if not np.all(np.isfinite(np.asarray(samples[-1]))):
         raise FloatingPointError("samples are not finite")
     return rates, others, compile_s, flops_of(compiled)
-
-
-def cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def main(argv=None) -> dict:

@@ -28,6 +28,9 @@ import sys
 import time
 import types
 
+from bench_common import (add_shared_args, cpu_busy_seconds, cpu_model, others_cpu_share,
+                          parse)
+
 os.environ.setdefault("TQDM_DISABLE", "1")  # ddim_sample wraps its loop in tqdm
 
 
@@ -61,48 +64,13 @@ def install_import_stubs() -> None:
             "calculate_frechet_distance"))
 
 
-def cpu_busy_seconds() -> float | None:
-    """CPU seconds all processes have used (user, nice, system, irq, softirq, steal; /proc/stat).
-    The share of it that is not this process's measures how much other jobs competed."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def others_cpu_share(busy_start, busy_end, own_cpu_s: float, wall_s: float) -> float | None:
-    """Fraction of the machine's CPU capacity used by other processes over a timed window."""
-    if busy_start is None or busy_end is None:
-        return None
-    return max(0.0, busy_end - busy_start - own_cpu_s) / (wall_s * os.cpu_count())
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dim", type=int, default=32)
-    parser.add_argument("--dim_mults", default="1,2,2")
-    parser.add_argument("--image_size", type=int, default=28)
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="bfloat16 runs the step under CPU autocast")
-    parser.add_argument("--objective", default="pred_noise",
-                        choices=("pred_noise", "pred_x0", "pred_v"))
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--sample_steps", type=int, default=10)
-    parser.add_argument("--sample_calls", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    add_shared_args(parser, dtype_help="bfloat16 runs the step under CPU autocast")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--package_dir", default=None,
                         help="directory holding another denoising_diffusion_pytorch release")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    args.dim_mults = tuple(int(m) for m in args.dim_mults.split(","))
-    return args
+    return parse(parser, argv)
 
 
 def main(argv=None) -> dict:
@@ -208,7 +176,8 @@ def main(argv=None) -> dict:
         "train_flops_per_step": train_flops,
         "train_tflop_per_s": round(train_flops / step_s / 1e12, 4),
         "device_kind": "cpu", "device_count": 1, "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2),
+        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(result), flush=True)
     return result
