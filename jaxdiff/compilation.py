@@ -69,12 +69,6 @@ class _LazyJit:
     def lower(self, *args, **kwargs):
         return self.jitted.lower(*args, **kwargs)
 
-    def trace(self, *args, **kwargs):
-        return self.jitted.trace(*args, **kwargs)
-
-    def eval_shape(self, *args, **kwargs):
-        return self.jitted.eval_shape(*args, **kwargs)
-
     def _cache_size(self) -> int:
         return self.jitted._cache_size()
 

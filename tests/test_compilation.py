@@ -56,3 +56,23 @@ def test_decorator_form_keeps_the_name():
     assert double.__name__ == "double" and float(double(jnp.float32(2))) == 4.0
     half = compilation.jit(donate_argnums=0)(lambda x: x / 2)
     assert float(half(jnp.ones(()) * 3)) == 1.5
+
+
+def test_the_options_reach_top_level_compiles_only(monkeypatch):
+    """Wiring: a bogus option makes the top-level compile fail, while the same function called
+    inside another jit compiles with that jit's options."""
+    monkeypatch.setattr(compilation, "compiler_options", lambda: {"xla_no_such_option": ""})
+    jitted = compilation.jit(lambda x: x + 1)
+    with pytest.raises(Exception, match="xla_no_such_option"):
+        jitted(jnp.float32(1))
+    assert float(jax.jit(lambda x: jitted(x) * 2)(jnp.float32(1))) == 4.0
+
+
+def test_train_step_and_samplers_use_it():
+    from jaxdiff import samplers
+    from jaxdiff.training import make_optimizer, make_train_step
+
+    step = make_train_step(lambda p, x, t: x, make_optimizer(1e-3), None, loss_kwargs={},
+                           ema_decay=0.9)
+    assert all(isinstance(f, compilation._LazyJit)
+               for f in (step, samplers._ddpm_loop, samplers._ddim_loop))
