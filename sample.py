@@ -27,8 +27,9 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from jaxdiff import cli, plotting, sharding
-from jaxdiff.checkpoint import CheckpointError
-from jaxdiff.experiment import SAMPLERS, ConfigError, load_run
+from jaxdiff.config import SAMPLERS
+from jaxdiff.errors import CheckpointError, ConfigError
+from jaxdiff.run import check_guidance, check_labels, load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by train.py.", required=True)
 _NUM = flags.DEFINE_integer("num_samples", 1000, "How many samples to draw.")
@@ -72,21 +73,14 @@ def guidance_flags(run):
                                      "(model.num_classes=0), so it cannot be guided"))
         return None, None
     labels = _numbers(_LABELS, int, "comma-separated integer class labels, e.g. 0,1,2")
-    if not num_classes:
-        raise ConfigError(f"--labels={_LABELS.value} is invalid: the run is unconditional "
-                          f"(model.num_classes=0)")
-    bad = [label for label in labels if not 0 <= label < num_classes]
-    if bad:
-        raise ConfigError(f"--labels={_LABELS.value} is invalid: label {bad[0]} is outside "
-                          f"[0, num_classes={num_classes})")
+    labels = check_labels(labels, num_classes, name="--labels").tolist()
     if _GUIDANCE.value is None:
         scales = [float(run.config.sample.get("guidance_scale", 1.0))]
     else:
         scales = _numbers(_GUIDANCE, float, "comma-separated numbers >= 0, e.g. 1,3,5")
-    if any(not 0 <= s < float("inf") for s in scales):
-        raise ConfigError(f"--guidance_scale={_GUIDANCE.value} is invalid: numbers >= 0")
-    if _RESCALE.value is not None and not 0 <= _RESCALE.value <= 1:
-        raise ConfigError(f"--guidance_rescale={_RESCALE.value} is invalid: a number in [0, 1]")
+    check_guidance("--guidance_scale", scales, len(scales), 0.0, None)
+    if _RESCALE.value is not None:
+        check_guidance("--guidance_rescale", _RESCALE.value, 1, 0.0, 1.0)
     return labels, scales
 
 
@@ -105,14 +99,11 @@ def write_class_samples(run, labels, scales) -> None:
              labels=np.repeat(np.asarray(labels, np.int32), len(scales) * per_cell),
              guidance_scale=np.tile(np.repeat(np.asarray(scales, np.float32), per_cell),
                                     len(labels)))
-    stem = os.path.splitext(_OUT.value)[0]
-    if run.standardizer is None:  # images: one row per class
-        shown = cells[:, :, :_GRID_COLUMNS]
-        plotting.save_image_grid(shown.reshape((-1,) + shape), f"{stem}.png",
-                                 nrow=shown.shape[1] * shown.shape[2])
-    else:
-        plotting.plot_points(cells.reshape((-1,) + shape), f"{stem}.png",
-                             title=f"classes {_LABELS.value} (step {run.step})")
+    # images: one row per class, one column block per scale; points: all in one scatter plot
+    shown = cells[:, :, :_GRID_COLUMNS] if len(shape) > 1 else cells
+    plotting.save_samples(shown.reshape((-1,) + shape), f"{os.path.splitext(_OUT.value)[0]}.png",
+                          title=f"classes {_LABELS.value} (step {run.step})",
+                          nrow=shown.shape[1] * shown.shape[2])
     print(f"wrote {cells.shape[0] * cells.shape[1] * cells.shape[2]} samples: {len(labels)} "
           f"classes x {len(scales)} guidance scales x {per_cell} (step {run.step}) to {_OUT.value}")
 
@@ -158,18 +149,9 @@ def main(argv) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     np.savez(_OUT.value, samples=samples)
     stem = os.path.splitext(_OUT.value)[0]
-    if run.standardizer is None:  # images, uint8
-        plotting.save_image_grid(samples, f"{stem}.png")
-        if trajectory is not None:
-            plotting.save_trajectory_gif(trajectory[:, :16], f"{stem}_trajectory.gif")
-            frames = np.linspace(0, len(trajectory) - 1, 10).round().astype(int)
-            strip = trajectory[frames, :10].transpose(1, 0, 2, 3, 4)
-            plotting.save_image_grid(strip.reshape((-1,) + samples.shape[1:]),
-                                     f"{stem}_trajectory.png", nrow=len(frames))
-    else:
-        plotting.plot_points(samples, f"{stem}.png", title=f"samples (step {run.step})")
-        if trajectory is not None:
-            plotting.plot_trajectory(trajectory, f"{stem}_trajectory.png")
+    plotting.save_samples(samples, f"{stem}.png", title=f"samples (step {run.step})")
+    if trajectory is not None:
+        plotting.save_trajectory(trajectory, stem)
     print(f"wrote {len(samples)} samples of shape {samples.shape[1:]} (step {run.step}) to {_OUT.value}")
 
 

@@ -16,10 +16,9 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from jaxdiff import cli
-from jaxdiff.checkpoint import CheckpointError
-from jaxdiff.experiment import ConfigError
+from jaxdiff.errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted
 from jaxdiff.sharding import initialize_distributed
-from jaxdiff.train_loop import TrainingDiverged, TrainingInterrupted, train_and_evaluate
+from jaxdiff.train_loop import train_and_evaluate
 
 _CONFIG = cli.define_config("configs/toy2d.py")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/toy", "Directory for checkpoints, logs and plots.")

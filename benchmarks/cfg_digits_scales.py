@@ -14,8 +14,8 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from jaxdiff import experiment, train_loop
-from jaxdiff.data.images import to_uint8
+from jaxdiff.evaluate import digits_quality
+from jaxdiff.run import load_run, sample_model
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A run of configs/digits_cond.py.", required=True)
 _SCALES = flags.DEFINE_string("scales", "0.25,0.5", "Comma-separated guidance scales.")
@@ -25,17 +25,17 @@ _OUT = flags.DEFINE_string("out", None, "Optional .json file for the rows.")
 def main(argv) -> None:
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)
-    run = experiment.load_run(_WORKDIR.value)
+    run = load_run(_WORKDIR.value)
     config = run.config
     num = config.eval.num_samples
     labels = np.arange(num) % config.model.num_classes
     rows = []
     for scale in [float(s) for s in _SCALES.value.split(",")]:
         start = time.perf_counter()
-        x = experiment.sample_model(run.model_fn, run.schedule, config, (num,) + run.data_shape,
-                                    key=jax.random.key(config.seed + 1), labels=labels,
-                                    guidance_scale=np.full(num, scale, np.float32))
-        metrics = train_loop.evaluation_digits(to_uint8(x), labels)
+        x = sample_model(run.model_fn, run.schedule, config, (num,) + run.data_shape,
+                         key=jax.random.key(config.seed + 1), labels=labels,
+                         guidance_scale=np.full(num, scale, np.float32))
+        metrics = digits_quality(run.to_data_space(x), labels)
         rows.append({"guidance_scale": scale, "class_accuracy": metrics["class_accuracy"],
                      "digits_fd": metrics["digits_fd"],
                      "sample_seconds": time.perf_counter() - start})

@@ -30,7 +30,7 @@ import numpy as np
 import jaxdiff
 from jaxdiff import sharding
 from jaxdiff.compilation import compiler_options, jit
-from jaxdiff.models.unet import DDPMUnet, Unet
+from jaxdiff.models import DDPMUnet, Unet
 from jaxdiff.training import create_train_state, make_optimizer, make_train_step
 
 from bench_common import (add_shared_args, cpu_busy_seconds, cpu_model, others_cpu_share,

@@ -6,7 +6,7 @@ denoising-diffusion-pytorch's Unet (dim 64, dim_mults 1,2,4,8) and v-prediction.
 CelebA must be prepared for TFDS once (its files need a manual download); see the README.
 """
 
-from jaxdiff.config_base import image_config, quick
+from jaxdiff.config import image_config, quick
 
 
 def get_config(arg: str = ""):

@@ -8,7 +8,7 @@ EMA 0.9999, random horizontal flips, 800k steps; ancestral sampling with sigma_t
 bf16 compute: --config.model.dtype=bfloat16. `:quick` is a smoke test with a small net.
 """
 
-from jaxdiff.config_base import image_config, quick
+from jaxdiff.config import image_config, quick
 
 
 def get_config(arg: str = ""):

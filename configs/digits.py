@@ -8,7 +8,7 @@ download). At the end, train.py reports the digits-classifier Fréchet distance 
 samples to the test split, next to the train-vs-test floor. `:quick` shrinks it for a smoke test.
 """
 
-from jaxdiff.config_base import image_config
+from jaxdiff.config import image_config
 
 
 def get_config(arg: str = ""):

@@ -28,7 +28,7 @@ def get_config(arg: str = ""):
     if arg != "quick":
         config.train.steps = 4000  # the run behind the README's guidance table
     config.model.cond_drop_prob = 0.15  # label dropout: p(null class) per example
-    config.train.cond_drop_schedule = "constant"  # or "linear" (the DLI seed's decay)
+    config.train.cond_drop_schedule = "constant"  # or "linear" (NVIDIA DLI's decay)
     config.train.cond_drop_start = 1.0  # "linear" only: p decays from here to cond_drop_prob
 
     # s = 1: plain conditional sampling; s = 0: unconditional; s > 1: guided (diffusers' scale)

@@ -1,4 +1,4 @@
-"""Classifier-free guidance on Fashion-MNIST: the NVIDIA DLI course recipe (seed 004).
+"""Classifier-free guidance on Fashion-MNIST: the NVIDIA DLI course recipe.
 
     python train.py --config configs/fashion_mnist_cfg.py --workdir runs/fashion_mnist_cfg
     python sample.py --workdir runs/fashion_mnist_cfg --labels 0,1,2,3,4,5,6,7,8,9 \
@@ -24,7 +24,7 @@ variance ("fixed_large"), where the notebook adds noise with beta_{t-1}.
 `:quick` shrinks it for a smoke test.
 """
 
-from jaxdiff.config_base import image_config, quick
+from jaxdiff.config import image_config, quick
 
 
 def get_config(arg: str = ""):

@@ -7,7 +7,7 @@ resized to image_size, randomly flipped. Seed 003's recipe (Stanford Cars at 64x
 Unreadable files are skipped and counted in the log; --config.data.strict=true makes them fatal.
 """
 
-from jaxdiff.config_base import image_config, quick
+from jaxdiff.config import image_config, quick
 
 
 def get_config(arg: str = ""):

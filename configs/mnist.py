@@ -7,7 +7,7 @@
 dim_mults (1, 2, 4) halves 28 twice (28 -> 14 -> 7). `:quick` is a smoke test.
 """
 
-from jaxdiff.config_base import image_config, quick
+from jaxdiff.config import image_config, quick
 
 
 def get_config(arg: str = ""):

@@ -1,4 +1,4 @@
-"""Default experiment: DDPM on the 2-D "butterfly" point set (seed 001), CPU in minutes.
+"""Default experiment: DDPM on the 2-D "butterfly" point set, CPU in minutes.
 
     python train.py --config configs/toy2d.py --workdir runs/toy
     python train.py --config configs/toy2d.py --workdir runs/moons --config.data.name=moons
@@ -9,7 +9,7 @@
 
 import ml_collections
 
-from jaxdiff.config_base import add_training_sections
+from jaxdiff.config import add_training_sections
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

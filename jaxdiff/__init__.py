@@ -44,7 +44,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     # Imported on first use so that `import jaxdiff` (the maths) needs neither Flax nor Orbax.
     if name == "load_run":
-        from jaxdiff.experiment import load_run
+        from jaxdiff.run import load_run
 
         return load_run
     raise AttributeError(f"module 'jaxdiff' has no attribute {name!r}")

@@ -1,22 +1,14 @@
-"""Orbax checkpoints of the train state.
-
-Layout of a workdir:
-  config.json        the experiment's ConfigDict
-  run.json           what is needed to rebuild the run without data (data shape, statistics)
-  checkpoints/<step> Orbax checkpoints of `TrainState` (atomic: written to a temporary
-                     directory and renamed when complete, so a kill never leaves a half step)
-  checkpoints_damaged/<step>
-                     checkpoints that could not be read, moved aside (never deleted) by
-                     `restore_newest_good` so that training can save that step again
+"""Orbax checkpoints of the train state: `Checkpointer` saves every few steps (keeping the newest
+few) and restores the newest readable one.
 
 A checkpoint damaged after Orbax finalised it (a truncated file, a disk error) is detected when it
 is restored: `restore_newest_good` then falls back to the next older one with a warning naming
-both.
+both, and moves the damaged one to checkpoints_damaged/ (the workdir layout is in
+`jaxdiff.workdir`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -25,18 +17,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from jaxdiff.errors import CheckpointError, error_summary
 
 logger = logging.getLogger("jaxdiff")
-
-
-class CheckpointError(RuntimeError):
-    """No usable checkpoint where one was expected (one line, naming the checkpoint)."""
-
-
-def error_summary(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    line = text[0] if text else ""
-    return f"{type(error).__name__}: {line[:160]}{'...' if len(line) > 160 else ''}"
 
 
 class Checkpointer:
@@ -111,16 +94,3 @@ class Checkpointer:
 def abstract_like(tree: Any) -> Any:
     """ShapeDtypeStructs (with shardings) describing `tree`, for restoring onto it."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
-def write_json(path: str, payload: dict) -> None:
-    """Write JSON atomically (write then rename), so a kill never leaves half a file."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-    os.replace(temporary, path)
-
-
-def read_json(path: str) -> dict:
-    with open(path) as handle:
-        return json.load(handle)

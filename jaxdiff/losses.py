@@ -68,7 +68,7 @@ def drop_condition(
     Each example independently, with probability `probability` (a number or a traced scalar),
     has every entry of `cond` named in `null_cond` replaced by that entry (broadcast to the
     example's shape: `{"labels": num_classes}` puts the null class in). The whole condition of an
-    example is dropped or kept together. (The DLI seed draws its Bernoulli mask per one-hot
+    example is dropped or kept together. (NVIDIA's DLI course draws its Bernoulli mask per one-hot
     component, but only the component of the true class is non-zero, so that also drops each
     example's label with probability p.)
     """
@@ -97,7 +97,7 @@ def cond_drop_schedule(
       "constant"  p(step) = probability.
       "linear"    p(step) = max(probability, start (1 - step / total_steps)): linear decay from
                   `start` towards 0, floored at `probability`. With start = 1, probability = 0.1
-                  it is the DLI seed's c_drop_prob = max(0.1, 1 - epoch / epochs), in steps
+                  it is NVIDIA DLI's c_drop_prob = max(0.1, 1 - epoch / epochs), in steps
                   instead of whole epochs: early training is mostly unconditional.
     """
     if kind not in COND_DROP_SCHEDULES:

@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-_STYLE = dict(s=1, color="#45b97c", alpha=0.6)  # seed 001's small green dots
+_STYLE = dict(s=1, color="#45b97c", alpha=0.6)  # small green dots, as in the classic 2-D DDPM tutorials
 
 Limits = tuple[tuple[float, float], tuple[float, float]]
 
@@ -66,7 +66,7 @@ def _scatter_row(panels: list[tuple[str, np.ndarray]], path: str,
 
 def plot_forward_process(points_by_t: dict[int, np.ndarray], path: str) -> str:
     """x_t of the forward process at several t, one panel each titled "t = ...", in increasing
-    t (as seed 001 shows it); each panel has its own limits, so the spreading shows in scale."""
+    t (as the 2-D DDPM tutorials show it); each panel has its own limits, so the spreading shows in scale."""
     return _scatter_row([(f"t = {t}", x) for t, x in sorted(points_by_t.items())], path)
 
 
@@ -156,3 +156,34 @@ def save_trajectory_gif(trajectory: np.ndarray, path: str, num_frames: int = 40,
         frames.append(Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid))
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
     return path
+
+
+def save_trajectory_strip(trajectory: np.ndarray, path: str, num_images: int = 10,
+                          num_frames: int = 10) -> str:
+    """A grid with one row per image (the first `num_images`) and one column per frame at evenly
+    spaced indices of the reverse process, trajectory [S, N, H, W, C] uint8."""
+    trajectory = np.asarray(trajectory)
+    frames = np.linspace(0, len(trajectory) - 1, num_frames).round().astype(int)
+    strip = trajectory[frames, :num_images].transpose(1, 0, 2, 3, 4)  # [images, frames, ...]
+    return save_image_grid(strip.reshape((-1,) + trajectory.shape[2:]), path, nrow=len(frames))
+
+
+def save_samples(samples: np.ndarray, path: str, title: str = "samples",
+                 nrow: int | None = None) -> str:
+    """Data-space samples as a picture: points [N, D] as a scatter plot (first two dimensions),
+    images [N, H, W, C] as a grid with `nrow` per row."""
+    samples = np.asarray(samples)
+    if samples.ndim == 2:
+        return plot_points(samples, path, title=title)
+    return save_image_grid(samples, path, nrow=nrow)
+
+
+def save_trajectory(trajectory: np.ndarray, stem: str) -> list[str]:
+    """The reverse process as pictures next to `stem`: for points [S, N, D] a row of scatter
+    plots (stem_trajectory.png); for images [S, N, H, W, C] an animated GIF of the first 16
+    (stem_trajectory.gif) and a strip of the first 10 (stem_trajectory.png)."""
+    trajectory = np.asarray(trajectory)
+    if trajectory.ndim == 3:
+        return [plot_trajectory(trajectory, f"{stem}_trajectory.png")]
+    return [save_trajectory_gif(trajectory[:, :16], f"{stem}_trajectory.gif"),
+            save_trajectory_strip(trajectory, f"{stem}_trajectory.png")]

@@ -1,4 +1,4 @@
-"""Train state, optimiser, EMA and the jitted train step.
+"""Train state, optimiser, EMA and the jitted train step, and how a config sets them up.
 
 The state is a pytree of arrays only (step, params, EMA params, optimiser state, base RNG key
 data), so Orbax saves and restores it as is; the model, the optimiser's update function and the
@@ -14,12 +14,13 @@ from typing import Any, Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 from jax import Array
 
 from jaxdiff.compilation import jit
-from jaxdiff.losses import diffusion_loss
-from jaxdiff.schedules import Schedule
+from jaxdiff.losses import cond_drop_schedule, diffusion_loss
+from jaxdiff.schedules import Schedule, make_schedule
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -179,3 +180,53 @@ def make_train_step(apply_fn, optimizer, schedule: Schedule, *, loss_kwargs: dic
     from jaxdiff.sharding import replicated
 
     return jit(step, donate_argnums=0, out_shardings=replicated(mesh))
+
+
+# --- from a config -------------------------------------------------------------------------------
+
+def build_schedule(config: ml_collections.ConfigDict) -> Schedule:
+    """The noise schedule of `config.diffusion` (kind and T)."""
+    return make_schedule(config.diffusion.schedule, config.diffusion.timesteps)
+
+
+def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """`make_optimizer` with the values of `config.optim` over `config.train.steps`."""
+    optim = config.optim
+    return make_optimizer(
+        optim.lr, warmup_steps=optim.warmup_steps, total_steps=config.train.steps,
+        decay=optim.decay, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay,
+        grad_clip=optim.grad_clip,
+    )
+
+
+def loss_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`diffusion_loss` arguments; with label dropout also `null_cond` (the null class) and
+    `cond_drop_prob` (a constant, or a schedule of the step that the train step evaluates)."""
+    diffusion = config.diffusion
+    kwargs = dict(
+        objective=diffusion.objective, loss_type=diffusion.loss_type,
+        weighting=diffusion.weighting, min_snr_gamma=float(diffusion.min_snr_gamma),
+        self_condition=config.model.self_condition,
+    )
+    num_classes = config.model.num_classes
+    probability = float(config.model.get("cond_drop_prob", 0.0))
+    kind = config.get("train", {}).get("cond_drop_schedule", "constant")
+    if num_classes and (probability > 0 or kind != "constant"):
+        if kind == "constant":
+            kwargs["cond_drop_prob"] = probability
+        else:
+            kwargs["cond_drop_prob"] = cond_drop_schedule(
+                kind, probability, start=float(config.train.get("cond_drop_start", 1.0)),
+                total_steps=config.train.steps)
+        kwargs["null_cond"] = {"labels": num_classes}
+    return kwargs
+
+
+def init_train_state(config, model, optimizer,
+                     data_shape: tuple[int, ...]) -> TrainState:
+    """A fresh train state for examples of shape `data_shape`, seeded by `config.seed`."""
+    key_init, key_train = jax.random.split(jax.random.key(config.seed))
+    x = jnp.zeros((1,) + tuple(data_shape), jnp.float32)
+    t = jnp.zeros((1,), jnp.int32)
+    params = model.init(key_init, x, t)
+    return create_train_state(params, optimizer, key_train)

@@ -148,7 +148,7 @@ def test_array_batches_follow_the_epoch_permutations(tmp_path):
         return np.round(source.standardizer.inverse(batch)[:, 0]).astype(int)
 
     steps = 10  # 40 positions: 4 epochs, batches 2 and 7 straddle an epoch edge
-    first = [source.batch(step, batch_size) for step in range(steps)]
+    first = [source.global_batch(step, batch_size) for step in range(steps)]
     order = np.concatenate([indices(b) for b in first])
     for epoch in range(4):
         expected = np.random.default_rng([seed, epoch]).permutation(count)
@@ -156,11 +156,11 @@ def test_array_batches_follow_the_epoch_permutations(tmp_path):
     assert not np.array_equal(order[:count], order[count:2 * count])
     # any call order, and a new source (a resumed run), gives the same batches
     for step in (9, 2, 0, 7, 7, 5):
-        np.testing.assert_array_equal(source.batch(step, batch_size), first[step])
+        np.testing.assert_array_equal(source.global_batch(step, batch_size), first[step])
     resumed = make_point_source("array", path=str(tmp_path / "d.npy"), seed=seed)
-    np.testing.assert_array_equal(resumed.batch(7, batch_size), first[7])
+    np.testing.assert_array_equal(resumed.global_batch(7, batch_size), first[7])
     # batch_size larger than N wraps over several epochs
-    big = indices(source.batch(1, 25))  # positions 25..49: epochs 2, 3, 4
+    big = indices(source.global_batch(1, 25))  # positions 25..49: epochs 2, 3, 4
     np.testing.assert_array_equal(big[5:15], np.random.default_rng([seed, 3]).permutation(count))
 
 
@@ -168,15 +168,15 @@ def test_array_source_standardises_and_draws_fresh_points(tmp_path):
     data = np.random.default_rng(0).normal(size=(50, 3)) * [1, 10, 0] + [0, 5, 7]
     np.save(tmp_path / "d.npy", data)
     source = make_point_source("array", path=str(tmp_path / "d.npy"), seed=1)
-    batch = source.batch(0, 50)  # one whole epoch
+    batch = source.global_batch(0, 50)  # one whole epoch
     np.testing.assert_allclose(batch.mean(0), 0, atol=1e-5)
     np.testing.assert_allclose(batch.std(0), [1, 1, 0], atol=1e-5)  # constant column stays 0
-    fresh = source.fresh(200, seed=4)  # more than N: drawn with replacement
+    fresh = source.fresh(200, seed=4)['x']  # more than N: drawn with replacement
     assert fresh.shape == (200, 3)
     rows = {tuple(r) for r in data.astype(np.float32)}
     assert all(tuple(r) in rows for r in fresh)
-    np.testing.assert_array_equal(fresh, source.fresh(200, seed=4))
-    subset = source.fresh(50, seed=5)  # without replacement when n <= N
+    np.testing.assert_array_equal(fresh, source.fresh(200, seed=4)['x'])
+    subset = source.fresh(50, seed=5)['x']  # without replacement when n <= N
     assert len({tuple(r) for r in subset}) == 50
 
 
@@ -184,29 +184,29 @@ def test_toy_batches_are_standardised_and_pure():
     source = make_point_source("moons", seed=0)
     assert source.dim == 2
     n = 20_000
-    batch = source.batch(5, n)
+    batch = source.global_batch(5, n)
     assert batch.dtype == np.float32 and batch.shape == (n, 2)
     # the standardiser was fit on other draws: mean and std agree up to sampling error
     np.testing.assert_allclose(batch.mean(0), 0, atol=5 / np.sqrt(n))
     np.testing.assert_allclose(batch.std(0), 1, atol=5 / np.sqrt(n))
-    np.testing.assert_array_equal(source.batch(5, 100),
-                                  make_point_source("moons", seed=0).batch(5, 100))
-    assert not np.array_equal(source.batch(5, 100), source.batch(6, 100))
+    np.testing.assert_array_equal(source.global_batch(5, 100),
+                                  make_point_source("moons", seed=0).global_batch(5, 100))
+    assert not np.array_equal(source.global_batch(5, 100), source.global_batch(6, 100))
     other_seed = make_point_source("moons", seed=1)
-    assert not np.array_equal(source.batch(5, 100), other_seed.batch(5, 100))
+    assert not np.array_equal(source.global_batch(5, 100), other_seed.global_batch(5, 100))
     for bad in (0, -1, 2.0):
         with pytest.raises(ValueError, match=f"batch_size={bad!r}"):
-            source.batch(0, bad)
+            source.global_batch(0, bad)
     with pytest.raises(ValueError, match="step=-1"):
-        source.batch(-1, 10)
+        source.global_batch(-1, 10)
 
 
 def test_toy_fresh_is_in_data_space():
     source = make_point_source("moons", seed=0, num_fit=1000)
-    fresh = source.fresh(20_000, seed=9)
+    fresh = source.fresh(20_000, seed=9)['x']
     np.testing.assert_allclose(fresh.mean(0), [0.5, 0.25], atol=5 / np.sqrt(20_000))  # see above
-    np.testing.assert_array_equal(fresh, source.fresh(20_000, seed=9))
-    assert not np.array_equal(fresh[:100], source.fresh(100, seed=10))
+    np.testing.assert_array_equal(fresh, source.fresh(20_000, seed=9)['x'])
+    assert not np.array_equal(fresh[:100], source.fresh(100, seed=10)['x'])
 
 
 def test_standardizer_round_trip(tmp_path):

@@ -18,9 +18,10 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from jaxdiff.data.digits import Digits8, prepare_digits
-from jaxdiff.data.images import (ImageSource, make_folder_source, make_tfds_source,
-                                 prefetch_batches, to_model_space, to_uint8)
-from jaxdiff.experiment import ConfigError
+from jaxdiff.data.codecs import to_model_space, to_uint8
+from jaxdiff.data.images import ImageSource, make_folder_source, make_tfds_source
+from jaxdiff.data.sources import prefetch_batches
+from jaxdiff.errors import ConfigError
 from jaxdiff.train_loop import prepare
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")

@@ -1,7 +1,6 @@
 """Kills, damaged checkpoints and non-finite steps: a run loses nothing and ends where an
 uninterrupted run ends."""
 
-import functools
 import logging
 import os
 import random
@@ -15,10 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import experiment
-from jaxdiff.checkpoint import Checkpointer, CheckpointError
+from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.errors import CheckpointError, TrainingDiverged
+from jaxdiff.run import load_run
 from jaxdiff.schedules import make_schedule
-from jaxdiff.train_loop import TrainingDiverged, train_and_evaluate
+from jaxdiff.train_loop import train_and_evaluate
 from jaxdiff.training import create_train_state, make_optimizer, make_train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +49,7 @@ def tiny_config(**overrides):
 
 
 def final_params(workdir):
-    return jax.device_get(experiment.load_run(workdir).params)
+    return jax.device_get(load_run(workdir).params)
 
 
 def assert_trees_equal(a, b):
@@ -139,7 +139,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     _truncate_largest_file(newest)
 
     with caplog.at_level(logging.WARNING, logger="jaxdiff"):
-        run = experiment.load_run(workdir)
+        run = load_run(workdir)
     assert run.step == 10
     assert any(newest in record.getMessage() and os.path.join(workdir, "checkpoints", "10")
                in record.getMessage() for record in caplog.records), caplog.text
@@ -155,7 +155,7 @@ def test_no_usable_checkpoint_is_a_one_line_error(tmp_path):
     train_and_evaluate(tiny_config(**{"train.steps": 5, "train.keep_checkpoints": 1}), workdir)
     _truncate_largest_file(os.path.join(workdir, "checkpoints", "5"))
     with pytest.raises(CheckpointError, match="no usable checkpoint in .*checkpoints/5"):
-        experiment.load_run(workdir)
+        load_run(workdir)
     done = subprocess.run([sys.executable, "sample.py", "--workdir", workdir, "--num_samples", "4",
                            "--out", str(tmp_path / "s.npz")], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
@@ -203,14 +203,13 @@ def test_consecutive_non_finite_steps_stop_training_with_the_last_good_checkpoin
                                                                                 monkeypatch):
     from jaxdiff import train_loop
 
-    poisoned = functools.partial(train_loop._model_batch)
+    clean = train_loop._training_batches
 
-    def nan_after_step_6(batch, config, _count=[0]):
-        _count[0] += 1
-        batch = poisoned(batch, config)
-        return {"x": np.full_like(batch["x"], np.nan)} if _count[0] > 6 else batch
+    def nan_after_step_6(source, start, total, config):
+        for step, batch in enumerate(clean(source, start, total, config), start):
+            yield {"x": np.full_like(batch["x"], np.nan)} if step >= 6 else batch
 
-    monkeypatch.setattr(train_loop, "_model_batch", nan_after_step_6)
+    monkeypatch.setattr(train_loop, "_training_batches", nan_after_step_6)
     workdir = str(tmp_path / "run")
     config = tiny_config(**{"train.steps": 40, "train.log_every": 2,
                             "train.max_skipped_steps": 4})
@@ -220,5 +219,5 @@ def test_consecutive_non_finite_steps_stop_training_with_the_last_good_checkpoin
     steps = checkpointer.all_steps()
     checkpointer.close()
     assert steps and max(steps) <= 10
-    run = experiment.load_run(workdir)
+    run = load_run(workdir)
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(run.params))

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdiff import experiment
+from jaxdiff.errors import ConfigError
+from jaxdiff.run import load_run
 from jaxdiff.train_loop import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +58,7 @@ def test_train_checkpoint_restore_and_resume(tmp_path):
                          if d.isdigit())
     assert checkpoints[-1] == 12 and 10 in checkpoints
 
-    run = experiment.load_run(workdir)
+    run = load_run(workdir)
     assert run.step == 12
     samples = run.sample(50, seed=3)
     assert samples.shape == (50, 2) and np.isfinite(samples).all()
@@ -66,7 +67,7 @@ def test_train_checkpoint_restore_and_resume(tmp_path):
     longer = tiny_config(**{"train.steps": 17})
     report = train_and_evaluate(longer, workdir)
     assert report["step"] == 17
-    assert experiment.load_run(workdir).step == 17
+    assert load_run(workdir).step == 17
 
 
 def test_resumed_run_matches_uninterrupted_run(tmp_path):
@@ -78,9 +79,9 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
     shutil.copytree(straight, resumed)
     for step in ("10", "12"):
         shutil.rmtree(os.path.join(resumed, "checkpoints", step))
-    assert experiment.load_run(resumed).step == 5
+    assert load_run(resumed).step == 5
     train_and_evaluate(tiny_config(), resumed)
-    a, b = experiment.load_run(straight), experiment.load_run(resumed)
+    a, b = load_run(straight), load_run(resumed)
     assert a.step == b.step == 12
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -94,7 +95,7 @@ def test_array_source_trains_on_a_file(tmp_path):
     report = train_and_evaluate(tiny_config(**{"data.name": "array", "data.path": str(path)}),
                                 workdir)
     assert report["step"] == 12
-    run = experiment.load_run(workdir)
+    run = load_run(workdir)
     assert run.data_shape == (3,)
     samples = run.sample(100)
     assert samples.shape == (100, 3) and np.isfinite(samples).all()
@@ -140,7 +141,7 @@ def test_bad_array_files_name_the_path(tmp_path):
     malformed.write_bytes(b"not a numpy file")
     for path in (missing, str(malformed)):
         config = tiny_config(**{"data.name": "array", "data.path": path})
-        with pytest.raises(experiment.ConfigError, match="data.path"):
+        with pytest.raises(ConfigError, match="data.path"):
             train_and_evaluate(config, str(tmp_path / "run"))
 
 

@@ -1,11 +1,11 @@
-"""The image U-Nets: shapes, conditioning paths, dtypes, dropout, input checks, parameter counts.
+"""denoising-diffusion-pytorch's Unet: shapes, attention kinds, conditioning paths, dtypes,
+dropout, input checks, parameter counts against the PyTorch package.
 
 Speed: `model.init` and `jax.jit` take 5-30 s each to compile on a small CPU, so shapes come from
-`jax.eval_shape`, parameters are drawn with NumPy from the shapes `init` would produce, and the
-few numerical checks run eagerly on one small configuration (the compiled ops are then cached).
+`jax.eval_shape`, parameters are drawn with NumPy from the shapes `init` would produce
+(tests/unet_helpers.py), and the few numerical checks run eagerly on one small configuration (the
+compiled ops are then cached).
 """
-
-import math
 
 import flax
 import jax
@@ -14,47 +14,7 @@ import numpy as np
 import pytest
 
 from jaxdiff.models import Unet
-from jaxdiff.models.unet import DDPMUnet
-
-
-def _inputs(batch, size, channels, seed=0):
-    x = jnp.asarray(np.random.default_rng(seed).standard_normal((batch, size, size, channels)),
-                    jnp.float32)
-    t = jnp.arange(batch, dtype=jnp.int32) * 397 % 1000
-    return x, t
-
-
-def _param_shapes(model, x, t, **kwargs):
-    return jax.eval_shape(model.init, jax.random.key(0), x, t, **kwargs)
-
-
-def _random_params(model, x, t, seed=0, **kwargs):
-    """Parameters of `model` with every entry random: gains ~1, biases ~0, weights ~1/sqrt(fan_in)
-    (no zero-initialised layer hides a path)."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, shape):
-        name = path[-1].key
-        noise = rng.standard_normal(shape.shape)
-        if name in ("scale", "g"):
-            return jnp.asarray(1 + 0.1 * noise, shape.dtype)
-        if name == "bias":
-            return jnp.asarray(0.1 * noise, shape.dtype)
-        fan_in = math.prod(shape.shape[:-1]) if len(shape.shape) > 1 else 1
-        return jnp.asarray(noise / math.sqrt(fan_in), shape.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, _param_shapes(model, x, t, **kwargs))
-
-
-def _num_params(model, size, channels):
-    """Count without allocating or initialising anything."""
-    shapes = _param_shapes(model, *_inputs(1, size, channels))
-    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
-
-
-def _dropout_rngs(seed):
-    # The "rbg" generator compiles in ~1 s on CPU, threefry in ~5 s; the model does not care.
-    return {"dropout": jax.random.key(seed, impl="rbg")}
+from unet_helpers import dropout_rngs, inputs, num_params, param_shapes, random_params
 
 
 # A small configuration shared by the numerical tests, so eager ops compile once.
@@ -70,8 +30,8 @@ SMALL = dict(dim=8, dim_mults=(1, 2), channels=3)
 ])
 def test_unet_output_shape(kwargs, size):
     model = Unet(**kwargs)
-    x, t = _inputs(2, size, kwargs["channels"])
-    params = _param_shapes(model, x, t)
+    x, t = inputs(2, size, kwargs["channels"])
+    params = param_shapes(model, x, t)
     y = jax.eval_shape(model.apply, params, x, t)
     assert y.shape == x.shape[:3] + (kwargs.get("out_dim") or kwargs["channels"],)
     assert y.dtype == jnp.float32
@@ -79,14 +39,14 @@ def test_unet_output_shape(kwargs, size):
 
 def test_unet_runs_and_is_finite():
     model = Unet(**SMALL)
-    x, t = _inputs(2, 8, 3)
-    y = model.apply(_random_params(model, x, t), x, t)
+    x, t = inputs(2, 8, 3)
+    y = model.apply(random_params(model, x, t), x, t)
     assert y.shape == x.shape and y.dtype == jnp.float32
     assert np.isfinite(np.asarray(y)).all() and np.abs(np.asarray(y)).max() > 0
 
 
 def test_unet_attention_kinds():
-    shapes = _param_shapes(Unet(dim=8, dim_mults=(1, 2, 2), channels=1), *_inputs(1, 8, 1))
+    shapes = param_shapes(Unet(dim=8, dim_mults=(1, 2, 2), channels=1), *inputs(1, 8, 1))
     shapes = shapes["params"]
     # Default: linear attention (which ends in conv -> RMSNorm) except at the innermost stage.
     for stage, linear in ((0, True), (1, True), (2, False)):
@@ -96,27 +56,27 @@ def test_unet_attention_kinds():
     # Memory keys/values as lucidrains stores them: [2, heads, dim_head, n] (linear), [2, h, n, d].
     assert shapes["down_0_attn"]["mem_kv"].shape == (2, 4, 32, 4)
     assert shapes["mid_attn"]["mem_kv"].shape == (2, 4, 4, 32)
-    full = _param_shapes(Unet(dim=8, dim_mults=(1, 2), channels=1, full_attn=(True, False),
-                              attn_heads=2, attn_dim_head=8), *_inputs(1, 8, 1))["params"]
+    full = param_shapes(Unet(dim=8, dim_mults=(1, 2), channels=1, full_attn=(True, False),
+                              attn_heads=2, attn_dim_head=8), *inputs(1, 8, 1))["params"]
     assert "to_out_norm" not in full["down_0_attn"] and "to_out_norm" in full["down_1_attn"]
     assert full["down_0_attn"]["to_qkv"]["kernel"].shape == (1, 1, 8, 3 * 2 * 8)
 
 
 def test_unet_time_embedding_variants():
-    x, t = _inputs(2, 8, 1)
-    plain = _param_shapes(Unet(dim=8, dim_mults=(1, 2), channels=1), x, t)["params"]
+    x, t = inputs(2, 8, 1)
+    plain = param_shapes(Unet(dim=8, dim_mults=(1, 2), channels=1), x, t)["params"]
     assert "time_fourier" not in plain and plain["time_mlp_0"]["kernel"].shape == (8, 32)
     for flag in ("learned_sinusoidal_cond", "random_fourier_features"):
         model = Unet(dim=8, dim_mults=(1, 2), channels=1, learned_sinusoidal_dim=6, **{flag: True})
-        shapes = _param_shapes(model, x, t)["params"]
+        shapes = param_shapes(model, x, t)["params"]
         assert shapes["time_fourier"]["weights"].shape == (3,)
         assert shapes["time_mlp_0"]["kernel"].shape == (7, 32)  # [t, sin, cos] -> 4 * dim
 
 
 def test_unet_self_condition():
     model = Unet(**SMALL, self_condition=True)
-    x, t = _inputs(2, 8, 3)
-    params = _random_params(model, x, t)
+    x, t = inputs(2, 8, 3)
+    params = random_params(model, x, t)
     assert params["params"]["init_conv"]["kernel"].shape == (7, 7, 6, 8)
     y_none = model.apply(params, x, t)
     np.testing.assert_array_equal(y_none, model.apply(params, x, t, x_self_cond=jnp.zeros_like(x)))
@@ -127,9 +87,9 @@ def test_unet_self_condition():
 
 def test_unet_labels_route_through_their_embedding_rows():
     model = Unet(**SMALL, num_classes=5)
-    x, t = _inputs(2, 8, 3)
+    x, t = inputs(2, 8, 3)
     labels = jnp.array([1, 3], jnp.int32)
-    params = _random_params(model, x, t)
+    params = random_params(model, x, t)
     table = params["params"]["label_emb"]["Embed_0"]["embedding"]
     assert table.shape == (6, 32)  # 5 classes + the null class, time_dim = 4 * dim
 
@@ -151,11 +111,11 @@ def test_unet_labels_route_through_their_embedding_rows():
 
 
 def test_unet_bfloat16_compute_keeps_float32_params():
-    x, t = _inputs(2, 8, 3)
+    x, t = inputs(2, 8, 3)
     model16 = Unet(**SMALL, num_classes=2, dtype=jnp.bfloat16)
-    shapes = _param_shapes(model16, x, t)
+    shapes = param_shapes(model16, x, t)
     assert {leaf.dtype for leaf in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
-    params = _random_params(model16, x, t)
+    params = random_params(model16, x, t)
     y16 = model16.apply(params, x, t)
     y32 = Unet(**SMALL, num_classes=2).apply(params, x, t)
     assert y16.dtype == jnp.float32 and y16.shape == x.shape
@@ -165,16 +125,16 @@ def test_unet_bfloat16_compute_keeps_float32_params():
 
 def test_unet_dropout_only_when_training():
     model = Unet(**SMALL, dropout=0.5)
-    x, t = _inputs(2, 8, 3)
-    params = _random_params(model, x, t)
-    eval_a = model.apply(params, x, t, train=False, rngs=_dropout_rngs(1))
+    x, t = inputs(2, 8, 3)
+    params = random_params(model, x, t)
+    eval_a = model.apply(params, x, t, train=False, rngs=dropout_rngs(1))
     np.testing.assert_array_equal(eval_a, model.apply(params, x, t))
     np.testing.assert_array_equal(eval_a, Unet(**SMALL).apply(params, x, t))
-    train_a = model.apply(params, x, t, train=True, rngs=_dropout_rngs(1))
-    train_b = model.apply(params, x, t, train=True, rngs=_dropout_rngs(2))
+    train_a = model.apply(params, x, t, train=True, rngs=dropout_rngs(1))
+    train_b = model.apply(params, x, t, train=True, rngs=dropout_rngs(2))
     assert not np.allclose(train_a, eval_a) and not np.allclose(train_a, train_b)
     np.testing.assert_array_equal(train_a, model.apply(params, x, t, train=True,
-                                                       rngs=_dropout_rngs(1)))
+                                                       rngs=dropout_rngs(1)))
 
 
 @pytest.mark.parametrize("model, shape, pattern", [
@@ -186,40 +146,10 @@ def test_unet_dropout_only_when_training():
     (Unet(dim=8, dim_mults=(1, 0), channels=1), (1, 8, 8, 1), r"dim_mults=\(1, 0\)"),
     (Unet(dim=8, dim_mults=(1, 2), channels=1, full_attn=(True,)), (1, 8, 8, 1),
      r"full_attn has 1 entries .* 2 stages"),
-    (DDPMUnet(ch=32, ch_mult=(1, 2, 2)), (1, 30, 30, 3), r"image size 30x30 .*ch_mult=\(1, 2, 2\)"),
-    (DDPMUnet(ch=32, ch_mult=(1, 2)), (1, 8, 8, 1), r"1 channels .*channels=3"),
-    (DDPMUnet(ch=32, ch_mult=(2, -1)), (1, 8, 8, 3), r"ch_mult=\(2, -1\)"),
 ])
 def test_invalid_configurations_raise(model, shape, pattern):
     with pytest.raises(ValueError, match=pattern):
-        _param_shapes(model, jnp.zeros(shape), jnp.zeros(shape[:1], jnp.int32))
-
-
-def test_ddpm_unet_structure_and_conditioning():
-    model = DDPMUnet(ch=32, ch_mult=(1, 2), attn_resolutions=(4,), num_classes=3,
-                     self_condition=True, dropout=0.1)
-    x, t = _inputs(2, 8, 3)
-    params = _random_params(model, x, t)
-    names = set(params["params"])
-    # Attention only where the feature map is 4x4: level 1 down (2 blocks), up (3 blocks), mid.
-    assert {n for n in names if "attn" in n} == {
-        "down_1_attn_0", "down_1_attn_1", "up_1_attn_0", "up_1_attn_1", "up_1_attn_2", "mid_attn_1"}
-    assert {n for n in names if n.startswith("up_0_block")} == {f"up_0_block_{i}" for i in range(3)}
-    assert params["params"]["conv_in"]["kernel"].shape == (3, 3, 6, 32)
-    assert params["params"]["mid_attn_1"]["q"]["kernel"].shape == (64, 64)  # single head
-    assert "nin_shortcut" in params["params"]["down_1_block_0"]
-    labels = jnp.array([0, 2], jnp.int32)
-    y = model.apply(params, x, t, labels=labels)
-    assert y.shape == x.shape and y.dtype == jnp.float32
-    assert not np.allclose(y, model.apply(params, x, t))  # the null class differs
-    assert not np.allclose(y, model.apply(params, x, t, labels=labels, x_self_cond=x))
-    y_train = model.apply(params, x, t, labels=labels, train=True, rngs=_dropout_rngs(0))
-    assert not np.allclose(y, y_train)
-
-
-def test_ddpm_unet_cifar10_parameter_count():
-    # Ho et al. 2020, Section 4: the CIFAR-10 model has 35.7M parameters.
-    assert abs(_num_params(DDPMUnet(), 32, 3) - 35.7e6) <= 0.1e6
+        param_shapes(model, jnp.zeros(shape), jnp.zeros(shape[:1], jnp.int32))
 
 
 @pytest.mark.parametrize("kwargs, size, expected", [
@@ -232,11 +162,11 @@ def test_ddpm_unet_cifar10_parameter_count():
     (dict(dim=32, dim_mults=(1, 2, 2), channels=1), 28, 1_411_137),
 ])
 def test_unet_parameter_count_matches_pytorch(kwargs, size, expected):
-    assert _num_params(Unet(**kwargs), size, kwargs["channels"]) == expected
+    assert num_params(Unet(**kwargs), size, kwargs["channels"]) == expected
 
 
 def test_unet_param_tree_does_not_depend_on_image_size():
     model = Unet(dim=8, dim_mults=(1, 2), channels=1)
-    small = flax.traverse_util.flatten_dict(_param_shapes(model, *_inputs(1, 8, 1))["params"])
-    large = flax.traverse_util.flatten_dict(_param_shapes(model, *_inputs(1, 16, 1))["params"])
+    small = flax.traverse_util.flatten_dict(param_shapes(model, *inputs(1, 8, 1))["params"])
+    large = flax.traverse_util.flatten_dict(param_shapes(model, *inputs(1, 16, 1))["params"])
     assert {k: v.shape for k, v in small.items()} == {k: v.shape for k, v in large.items()}

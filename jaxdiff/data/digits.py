@@ -27,6 +27,20 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, digits.target.astype(np.int64)
 
 
+def in_test_split(indices: np.ndarray) -> np.ndarray:
+    """The split rule, in one place: every 5th image by index is "test", the rest "train"."""
+    return np.asarray(indices) % 5 == 0
+
+
+def digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 images [N, 8, 8, 1] and labels [N] of split "train" (1,437) or "test" (360)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split={split!r} is invalid: train or test")
+    images, labels = digits_arrays()
+    chosen = in_test_split(np.arange(len(images))) == (split == "test")
+    return images[chosen], labels[chosen]
+
+
 class Digits8(tfds.core.GeneratorBasedBuilder):
     """TFDS builder for the 8x8 digits (features: image uint8 [8, 8, 1], label 0..9)."""
 
@@ -50,7 +64,7 @@ class Digits8(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, test: bool):
         images, labels = digits_arrays()
         for index in range(len(images)):
-            if (index % 5 == 0) == test:
+            if in_test_split(index) == test:
                 yield index, {"image": images[index], "label": int(labels[index])}
 
 

@@ -12,13 +12,14 @@ flipped left-right, and scaled to [-1, 1].
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import logging
 import os
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+
+from jaxdiff.data.codecs import ImageCodec, to_model_space, to_uint8  # noqa: F401
 
 log = logging.getLogger("jaxdiff")
 
@@ -32,16 +33,6 @@ TFDS_SETS = {
     "digits": ("digits8", "image", "label", 10),
 }
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
-
-
-def to_model_space(images: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return images.astype(np.float32) / 127.5 - 1.0
-
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """float [-1, 1] -> uint8 [0, 255] (clipped)."""
-    return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -77,6 +68,8 @@ class ImageSource:
         self._epoch, self._permutation = -1, None
         self._cache = None
         self.shape = (image_size, image_size, channels)
+        self.size = length
+        self.codec = ImageCodec()
         if cache and length * image_size * image_size * channels <= 2**30:
             self._cache = self._load(np.arange(length))
 
@@ -131,27 +124,13 @@ class ImageSource:
             images = np.where(flip[:, None, None, None] < 0.5, images[:, :, ::-1], images)
         return {"x": to_model_space(images), "labels": labels.astype(np.int32)}
 
-    def fresh(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """n uint8 images (and labels) drawn without replacement when possible, for evaluation."""
+    def fresh(self, n: int, seed: int) -> dict[str, np.ndarray]:
+        """{"x": n uint8 images, "labels": their labels}, drawn without replacement when
+        possible, for evaluation."""
         rng = np.random.default_rng([seed, 2**31 - 2])
         indices = rng.choice(self.length, n, replace=n > self.length)
-        return self._load(indices)
-
-
-def prefetch_batches(source, steps: Iterable[int], batch_size: int, *,
-                     size: int = 2) -> Iterator[dict[str, np.ndarray]]:
-    """`source.batch(step, batch_size)` for each step in order, read ahead by one background
-    thread that keeps at most `size` batches waiting (so memory stays bounded)."""
-    if size < 1:
-        raise ValueError(f"prefetch size={size} must be >= 1")
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        pending = collections.deque()
-        for step in steps:
-            pending.append(pool.submit(source.batch, step, batch_size))
-            if len(pending) > size:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        images, labels = self._load(indices)
+        return {"x": images, "labels": labels}
 
 
 def tfds_reader(source, image_key: str, label_key: str | None):

@@ -4,12 +4,10 @@ of an uninterrupted one."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-
 import numpy as np
 
 from jaxdiff.data.arrays import load_array
+from jaxdiff.data.codecs import Standardizer
 from jaxdiff.data.toy2d import check_toy2d_name, sample_toy2d
 
 # Second words of the rng seeds [seed, word] for the standardiser's fit draw and for `fresh`.
@@ -18,59 +16,6 @@ from jaxdiff.data.toy2d import check_toy2d_name, sample_toy2d
 # key such as [seed, step, 1] would not be a safe way to tell the streams apart.)
 _FIT_STREAM = 2**31 - 1
 _FRESH_STREAM = 2**31 - 2
-_MIN_STD = 1e-6
-
-
-@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: == on array fields is ambiguous
-class Standardizer:
-    """Per-dimension affine map to zero mean and unit variance, z = (x - mean) / std, with
-    mean [D] and std [D] in float64 (the fit statistics; the maps return float32)."""
-
-    mean: np.ndarray
-    std: np.ndarray
-
-    @classmethod
-    def fit(cls, x: np.ndarray) -> "Standardizer":
-        """Sample mean and (population) std of x [N, D]; std is floored at 1e-6 so that a
-        constant column maps to 0 instead of dividing by zero."""
-        x = np.asarray(x, np.float64)
-        if x.ndim != 2 or len(x) < 1:
-            raise ValueError(f"x.shape={x.shape} cannot be standardised; expected [N, D]")
-        return cls(mean=x.mean(axis=0), std=np.maximum(x.std(axis=0), _MIN_STD))
-
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        """z = (x - mean) / std as float32."""
-        return ((np.asarray(x, np.float64) - self.mean) / self.std).astype(np.float32)
-
-    def inverse(self, z: np.ndarray) -> np.ndarray:
-        """x = z * std + mean as float32."""
-        return (np.asarray(z, np.float64) * self.std + self.mean).astype(np.float32)
-
-    def to_dict(self) -> dict[str, list[float]]:
-        """JSON-serialisable {"mean": [...], "std": [...]} (float64 values round-trip exactly)."""
-        return {"mean": np.asarray(self.mean, np.float64).tolist(),
-                "std": np.asarray(self.std, np.float64).tolist()}
-
-    @classmethod
-    def from_dict(cls, payload: dict) -> "Standardizer":
-        """Inverse of `to_dict`."""
-        mean = np.asarray(payload["mean"], np.float64)
-        std = np.asarray(payload["std"], np.float64)
-        if mean.ndim != 1 or mean.shape != std.shape or not (std > 0).all():
-            raise ValueError(f"standardizer mean {mean.shape} and std {std.shape} must be two "
-                             f"[D] lists with std > 0")
-        return cls(mean=mean, std=std)
-
-    def save(self, path: str) -> None:
-        """Write `to_dict()` as JSON."""
-        with open(path, "w") as handle:
-            json.dump(self.to_dict(), handle)
-
-    @classmethod
-    def load(cls, path: str) -> "Standardizer":
-        """Read a file written by `save`."""
-        with open(path) as handle:
-            return cls.from_dict(json.load(handle))
 
 
 def _check_count(name: str, value, minimum: int) -> int:
@@ -89,15 +34,21 @@ class PointSource:
     Build it with `make_point_source`.
     """
 
+    num_classes = 0
+
     def __init__(self, name: str, *, array: np.ndarray | None, noise: float | None, seed: int,
-                 num_fit: int):
+                 num_fit: int, process_index: int = 0, process_count: int = 1):
         self.name = name
         self.noise = noise
         self.seed = seed
         self.array = array
+        self.process_index, self.process_count = process_index, process_count
         fit_data = array if array is not None else self._toy(num_fit, [seed, _FIT_STREAM])
         self.dim: int = fit_data.shape[1]
+        self.shape: tuple[int, ...] = (self.dim,)
+        self.size: int | None = None if array is None else len(array)  # None: endless toy draws
         self.standardizer = Standardizer.fit(fit_data)
+        self.codec = self.standardizer
         # epoch -> permutation; holds at most two, enough for a batch straddling an epoch edge.
         self._permutations: dict[int, np.ndarray] = {}
 
@@ -112,9 +63,9 @@ class PointSource:
             self._permutations[epoch] = rng.permutation(len(self.array))
         return self._permutations[epoch]
 
-    def batch(self, step: int, batch_size: int) -> np.ndarray:
-        """Standardised float32 [batch_size, D] for training step `step` (a pure function of
-        seed, step and batch_size)."""
+    def global_batch(self, step: int, batch_size: int) -> np.ndarray:
+        """Standardised float32 [batch_size, D], the global batch of training step `step` (a
+        pure function of seed, step and batch_size)."""
         step = _check_count("step", step, 0)
         batch_size = _check_count("batch_size", batch_size, 1)
         if self.array is None:
@@ -127,19 +78,29 @@ class PointSource:
             indices[chosen] = self._epoch_permutation(int(epoch))[offsets[chosen]]
         return self.standardizer.transform(self.array[indices])
 
-    def fresh(self, n: int, seed: int) -> np.ndarray:
-        """n points in data space (not standardised) for evaluation: a new toy draw, or for an
-        array a uniformly random subset, drawn with replacement only when n exceeds N."""
+    def batch(self, step: int, batch_size: int) -> dict[str, np.ndarray]:
+        """{"x": this process's slice of `global_batch(step, batch_size)`}."""
+        if batch_size % self.process_count:
+            raise ValueError(f"train.batch_size={batch_size} is not divisible by the "
+                             f"{self.process_count} processes")
+        local = batch_size // self.process_count
+        start = self.process_index * local
+        return {"x": self.global_batch(step, batch_size)[start:start + local]}
+
+    def fresh(self, n: int, seed: int) -> dict[str, np.ndarray]:
+        """{"x": n points in data space (not standardised)} for evaluation: a new toy draw, or
+        for an array a uniformly random subset, drawn with replacement only when n exceeds N."""
         n = _check_count("n", n, 1)
         seed = _check_count("seed", seed, 0)
         if self.array is None:
-            return self._toy(n, [seed, _FRESH_STREAM])
+            return {"x": self._toy(n, [seed, _FRESH_STREAM])}
         rng = np.random.default_rng([seed, _FRESH_STREAM])
-        return self.array[rng.choice(len(self.array), n, replace=n > len(self.array))]
+        return {"x": self.array[rng.choice(len(self.array), n, replace=n > len(self.array))]}
 
 
 def make_point_source(name: str, *, path: str | None = None, noise: float | None = None,
-                      seed: int = 0, num_fit: int = 100_000) -> PointSource:
+                      seed: int = 0, num_fit: int = 100_000, process_index: int = 0,
+                      process_count: int = 1) -> PointSource:
     """A toy set by name (see TOY2D_NAMES), or name="array" with `path` to a .npy/.npz file of
     shape [N, D]. The standardiser is fit on the whole array, or on `num_fit` toy points from
     default_rng([seed, 2**31 - 1]). `noise` (None: the set's default) applies to toy sets only;
@@ -149,7 +110,9 @@ def make_point_source(name: str, *, path: str | None = None, noise: float | None
         if not path:
             raise ValueError(f"data.path={path!r} is empty; data.name='array' needs a .npy or "
                              f".npz file of shape [N, D]")
-        return PointSource(name, array=load_array(path), noise=None, seed=seed, num_fit=0)
+        return PointSource(name, array=load_array(path), noise=None, seed=seed, num_fit=0,
+                           process_index=process_index, process_count=process_count)
     check_toy2d_name(name)
     num_fit = _check_count("num_fit", num_fit, 2)
-    return PointSource(name, array=None, noise=noise, seed=seed, num_fit=num_fit)
+    return PointSource(name, array=None, noise=noise, seed=seed, num_fit=num_fit,
+                       process_index=process_index, process_count=process_count)

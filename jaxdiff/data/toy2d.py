@@ -21,13 +21,13 @@ def _with_noise(points: np.ndarray, rng: np.random.Generator, noise: float) -> n
 
 
 def butterfly(n: int, rng: np.random.Generator, noise: float) -> np.ndarray:
-    """The butterfly curve (Fay 1989) as used by seed 001, with theta ~ U(0, 2 pi):
+    """The butterfly curve (Fay 1989) as used by the 2-D DDPM butterfly tutorial, with theta ~ U(0, 2 pi):
 
         r = exp(cos theta) - 2 cos(4 theta) + sin^5(theta / 12),
         (x, y) = (r sin theta, r cos theta) + noise * N(0, I).
 
-    Fay's parametric form subtracts sin^5(t / 12) and runs t over [0, 12 pi]; the seed's plus
-    sign and single turn are kept, so that the data set is the one seed 001 trains on.
+    Fay's parametric form subtracts sin^5(t / 12) and runs t over [0, 12 pi]; the tutorial's plus
+    sign and single turn are kept, so that the data set is the one that tutorial trains on.
     """
     theta = rng.uniform(0.0, 2.0 * np.pi, n)
     r = np.exp(np.cos(theta)) - 2.0 * np.cos(4.0 * theta) + np.sin(theta / 12.0) ** 5
@@ -83,7 +83,7 @@ def spirals(n: int, rng: np.random.Generator, noise: float) -> np.ndarray:
 
 
 # name -> (sampler, default noise std). Checkerboard is crisp by default so that its squares stay
-# checkable; butterfly's 0.05 is seed 001's.
+# checkable; butterfly's 0.05 is the tutorial's.
 _TOY2D: dict[str, tuple[ToySampler, float]] = {
     "butterfly": (butterfly, 0.05),
     "moons": (moons, 0.05),

@@ -1,5 +1,44 @@
-"""Flax denoisers. Each is called as `model.apply(params, x_t, t, **cond)`."""
+"""Flax denoisers. Each is called as `model.apply(params, x_t, t, **cond)`.
 
+- `mlp.py`: `MLPDenoiser` for points [B, D].
+- `unet.py`: `Unet`, denoising-diffusion-pytorch's U-Net for images [B, H, W, C].
+- `ddpm_unet.py`: `DDPMUnet`, the CIFAR-10 U-Net of Ho et al. 2020.
+- `layers.py`: the blocks the U-Nets share (norms, attention, resampling, input checks).
+- `embeddings.py`: time and label embeddings.
+
+`build_model(config)` makes the denoiser a config's `model` section describes.
+"""
+
+import jax.numpy as jnp
+
+from jaxdiff.models.ddpm_unet import DDPMUnet
 from jaxdiff.models.embeddings import LabelEmbedding, TimeEmbedding, sinusoidal_embedding
 from jaxdiff.models.mlp import MLPDenoiser
 from jaxdiff.models.unet import Unet
+
+
+def build_model(config):
+    """The Flax denoiser described by `config.model` (and the data's channels)."""
+    model = config.model
+    if model.name == "mlp":
+        return MLPDenoiser(
+            hidden=model.hidden, depth=model.depth, time_dim=model.time_dim,
+            num_classes=model.num_classes, self_condition=model.self_condition,
+            dropout=model.dropout, fourier_features=model.get("fourier_features", 0),
+        )
+    dtype = jnp.bfloat16 if model.get("dtype", "float32") == "bfloat16" else jnp.float32
+    if model.name == "ddpm_unet":
+        return DDPMUnet(
+            ch=model.dim, ch_mult=tuple(model.dim_mults), num_res_blocks=model.num_res_blocks,
+            attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
+            channels=config.data.channels, num_classes=model.num_classes,
+            self_condition=model.self_condition, dtype=dtype, param_dtype=jnp.float32,
+        )
+    return Unet(
+        dim=model.dim, dim_mults=tuple(model.dim_mults), channels=config.data.channels,
+        dropout=model.dropout, self_condition=model.self_condition,
+        num_classes=model.num_classes,
+        learned_sinusoidal_cond=model.get("learned_sinusoidal_cond", False),
+        resnet_block_groups=model.get("resnet_block_groups", 8),
+        dtype=dtype, param_dtype=jnp.float32,
+    )

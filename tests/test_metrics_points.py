@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from jaxdiff.evaluation import (DEFAULT_BANDWIDTHS, energy_distance, mmd_rbf, point_quality_report,
-                                precision_recall, sliced_wasserstein)
+from jaxdiff.metrics.points import (DEFAULT_BANDWIDTHS, energy_distance, mmd_rbf,
+                                    point_quality_report, precision_recall, sliced_wasserstein)
 
 
 def expected_abs(mu, sd):

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxdiff.data.digits import DEFAULT_DATA_DIR, digits_arrays
+from jaxdiff.data.codecs import ImageCodec
+from jaxdiff.data.digits import DEFAULT_DATA_DIR, digits_split
 
 _RECIPE = "cnn32-64-128_adam1e-3_steps2000_batch128_seed0_v1"
 
@@ -39,10 +40,10 @@ class DigitsClassifier(nn.Module):
 
 
 def _split():
-    images, labels = digits_arrays()
-    test = np.arange(len(images)) % 5 == 0  # the digits8 TFDS split
-    x = images.astype(np.float32) / 127.5 - 1.0
-    return (x[~test], labels[~test]), (x[test], labels[test])
+    """(train, test) pairs of model-space images and labels (the digits8 TFDS split)."""
+    codec = ImageCodec()
+    (x_train, y_train), (x_test, y_test) = digits_split("train"), digits_split("test")
+    return (codec.encode(x_train), y_train), (codec.encode(x_test), y_test)
 
 
 def train_classifier(steps: int = 2000, seed: int = 0):
@@ -96,31 +97,21 @@ def _logits_and_features(params, x):
     return model.apply(params, x), model.apply(params, x, features=True)
 
 
-def _as_model_space(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
-    if images.dtype == np.uint8:
-        return images.astype(np.float32) / 127.5 - 1.0
-    return images.astype(np.float32)
-
-
 def predict(params, images: np.ndarray) -> np.ndarray:
     """Predicted class of each image (uint8 [0, 255] or float [-1, 1], [N, 8, 8, 1])."""
-    return np.asarray(jnp.argmax(_logits_and_features(params, _as_model_space(images))[0], -1))
+    return np.asarray(jnp.argmax(_logits_and_features(params, ImageCodec().encode(images))[0], -1))
 
 
 def features(params, images: np.ndarray) -> np.ndarray:
     """Penultimate-layer features [N, 128] (float64)."""
-    return np.asarray(_logits_and_features(params, _as_model_space(images))[1], np.float64)
+    return np.asarray(_logits_and_features(params, ImageCodec().encode(images))[1], np.float64)
 
 
 def test_split() -> tuple[np.ndarray, np.ndarray]:
     """The digits test split as uint8 images and labels."""
-    images, labels = digits_arrays()
-    test = np.arange(len(images)) % 5 == 0
-    return images[test], labels[test]
+    return digits_split("test")
 
 
 def train_split() -> tuple[np.ndarray, np.ndarray]:
-    images, labels = digits_arrays()
-    train = np.arange(len(images)) % 5 != 0
-    return images[train], labels[train]
+    """The digits train split as uint8 images and labels."""
+    return digits_split("train")

@@ -1,0 +1,345 @@
+"""Experiment configs: the defaults every config file starts from, and their validation.
+
+Config files in configs/ are Python returning an `ml_collections.ConfigDict`; image configs start
+from `image_config()`, and every config gets its diffusion, optim, train, ema and sample sections
+from `add_training_sections`, so a new option is added once. `validate_config` checks every field
+(type, range and combinations) before anything is compiled and raises ConfigError naming the
+first bad field, its value and what is allowed.
+
+Field meanings:
+
+data      name (a TFDS set, "digits", or "folder"), path (folder), data_dir (TFDS data_dir, ""
+          for the default), split, image_size, channels, random_flip, strict (corrupt folder
+          files are fatal instead of skipped)
+model     name "unet" (denoising-diffusion-pytorch's Unet: dim, dim_mults, resnet_block_groups,
+          learned_sinusoidal_cond) or "ddpm_unet" (Ho et al.'s CIFAR-10 net: dim is its ch,
+          dim_mults its ch_mult, num_res_blocks, attn_resolutions); dropout, num_classes
+          (0: unconditional), self_condition, dtype (bfloat16: bf16 compute, float32 params)
+diffusion schedule, timesteps, objective, loss_type, weighting, min_snr_gamma
+optim     AdamW: lr, warmup_steps, decay (constant / cosine), b1, b2, weight_decay, grad_clip
+train     steps, batch_size (global, over all devices), log_every, checkpoint_every,
+          keep_checkpoints, max_skipped_steps (consecutive non-finite steps before stopping),
+          steps_per_call (k steps per dispatch, a lax.scan), num_devices (0: all)
+ema       decay, warmup
+sample    sampler (ddpm / ddim), steps (DDIM), eta, variance (DDPM), clip_x0, timestep_spacing
+eval      num_samples (at the end of training), plots, sample_every (grids during training,
+          0: never), inception_path (pytorch-fid's weight file: FID against the training data
+          when given), guidance_scales (conditional models: accuracy / FD per scale)
+conditioning  model.num_classes > 0 with model.cond_drop_prob (label dropout, on
+          train.cond_drop_schedule "constant" or "linear" from train.cond_drop_start), and
+          sample.guidance_scale / guidance_rescale (classifier-free guidance)
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxdiff.data.images import TFDS_SETS
+from jaxdiff.data.toy2d import TOY2D_NAMES
+from jaxdiff.diffusion import OBJECTIVES
+from jaxdiff.errors import ConfigError
+from jaxdiff.losses import COND_DROP_SCHEDULES, LOSS_TYPES, WEIGHTINGS
+from jaxdiff.samplers import TIMESTEP_SPACINGS, VARIANCES
+from jaxdiff.schedules import SCHEDULE_KINDS
+
+MODELS = ("mlp", "unet", "ddpm_unet")
+DTYPES = ("float32", "bfloat16")
+POINT_SETS = TOY2D_NAMES + ("array",)
+IMAGE_SETS = tuple(TFDS_SETS) + ("folder",)
+SAMPLERS = ("ddpm", "ddim")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+_MISSING = object()
+
+
+def _get(config, field: str):
+    value = config
+    for part in field.split("."):
+        if part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+def _require(config, field: str, ok, allowed: str) -> None:
+    value = _get(config, field)
+    if value is _MISSING:
+        return  # a field the experiment does not use (point-only or image-only settings)
+    try:
+        good = bool(ok(value))
+    except TypeError:
+        good = False
+    if not good:
+        raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")
+
+
+def is_image_config(config) -> bool:
+    return config.data.name not in POINT_SETS
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Check every field's type and range, and the combinations; raise ConfigError naming the
+    first bad field, its value and what is allowed."""
+    from jaxdiff.metrics.inception import FID_WEIGHTS_URL
+
+    positive_int = lambda v: _is_int(v) and v >= 1  # noqa: E731
+    boolean = (lambda v: isinstance(v, bool), "true or false")
+    data_names = POINT_SETS + IMAGE_SETS
+    checks = [
+        ("seed", _is_int, "an integer"),
+        ("data.name", lambda v: isinstance(v, str) and v != "",
+         f"one of {', '.join(data_names)}, or any prepared TFDS image set"),
+        ("data.path", lambda v: isinstance(v, str), "a path string"),
+        ("data.noise", _is_number, "a number (< 0 for the data set's default)"),
+        ("data.image_size", positive_int, "an integer >= 1"),
+        ("data.channels", lambda v: v in (1, 3), "1 or 3"),
+        ("data.random_flip", *boolean),
+        ("data.strict", *boolean),
+        ("data.data_dir", lambda v: isinstance(v, str), "a path string ('' for the default)"),
+        ("data.split", lambda v: isinstance(v, str) and v != "", "a TFDS split such as train"),
+        ("model.name", lambda v: v in MODELS, f"one of {', '.join(MODELS)}"),
+        ("model.hidden", positive_int, "an integer >= 1"),
+        ("model.depth", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+        ("model.time_dim", lambda v: _is_int(v) and v >= 2 and v % 2 == 0, "an even integer >= 2"),
+        ("model.fourier_features", lambda v: _is_int(v) and 0 <= v <= 16, "an integer in [0, 16]"),
+        ("model.dim", lambda v: _is_int(v) and v >= 8, "an integer >= 8"),
+        ("model.dim_mults", lambda v: len(v) >= 1 and all(_is_int(m) and m >= 1 for m in v),
+         "a non-empty tuple of integers >= 1, e.g. (1, 2, 4, 8)"),
+        ("model.resnet_block_groups", lambda v: v is None or (_is_int(v) and v >= 1),
+         "an integer >= 1 (GroupNorm groups), or None for RMSNorm"),
+        ("model.num_res_blocks", positive_int, "an integer >= 1"),
+        ("model.attn_resolutions", lambda v: all(_is_int(r) and r >= 1 for r in v),
+         "a tuple of feature-map sizes, e.g. (16,)"),
+        ("model.dropout", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        ("model.num_classes", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: unconditional)"),
+        ("model.cond_drop_prob", lambda v: _is_number(v) and 0 <= v <= 1,
+         "a number in [0, 1] (label dropout for classifier-free guidance)"),
+        ("model.self_condition", *boolean),
+        ("model.learned_sinusoidal_cond", *boolean),
+        ("model.dtype", lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
+        ("diffusion.schedule", lambda v: v in SCHEDULE_KINDS, f"one of {', '.join(SCHEDULE_KINDS)}"),
+        ("diffusion.timesteps", positive_int, "an integer >= 1"),
+        ("diffusion.objective", lambda v: v in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}"),
+        ("diffusion.loss_type", lambda v: v in LOSS_TYPES, f"one of {', '.join(LOSS_TYPES)}"),
+        ("diffusion.weighting", lambda v: v in WEIGHTINGS, f"one of {', '.join(WEIGHTINGS)}"),
+        ("diffusion.min_snr_gamma", lambda v: _is_number(v) and v > 0, "a number > 0"),
+        ("optim.lr", lambda v: _is_number(v) and v > 0, "a number > 0"),
+        ("optim.warmup_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+        ("optim.decay", lambda v: v in ("constant", "cosine"), "constant or cosine"),
+        ("optim.b1", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        ("optim.b2", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        ("optim.weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+        ("optim.grad_clip", lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: no clipping)"),
+        ("train.steps", positive_int, "an integer >= 1"),
+        ("train.batch_size", positive_int, "an integer >= 1"),
+        ("train.log_every", positive_int, "an integer >= 1"),
+        ("train.checkpoint_every", positive_int, "an integer >= 1"),
+        ("train.keep_checkpoints", positive_int, "an integer >= 1"),
+        ("train.max_skipped_steps", positive_int, "an integer >= 1"),
+        ("train.steps_per_call", positive_int, "an integer >= 1"),
+        ("train.num_devices", lambda v: _is_int(v) and 0 <= v <= jax.device_count(),
+         f"an integer in [0, {jax.device_count()}] (0: every device)"),
+        ("train.cond_drop_schedule", lambda v: v in COND_DROP_SCHEDULES,
+         f"one of {', '.join(COND_DROP_SCHEDULES)}"),
+        ("train.cond_drop_start", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+        ("ema.decay", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        ("ema.warmup", *boolean),
+        ("sample.sampler", lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
+        ("sample.steps", positive_int, "an integer >= 1"),
+        ("sample.eta", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+        ("sample.variance", lambda v: v in VARIANCES, f"one of {', '.join(VARIANCES)}"),
+        ("sample.clip_x0", *boolean),
+        ("sample.timestep_spacing", lambda v: v in TIMESTEP_SPACINGS,
+         f"one of {', '.join(TIMESTEP_SPACINGS)}"),
+        ("sample.guidance_scale", lambda v: _is_number(v) and 0 <= v < float("inf"),
+         "a number >= 0 (1: plain conditional sampling, 0: unconditional)"),
+        ("sample.guidance_rescale", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+        ("eval.num_samples", positive_int, "an integer >= 1"),
+        ("eval.plots", *boolean),
+        ("eval.sample_every", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: never)"),
+        ("eval.guidance_scales", lambda v: all(_is_number(s) and 0 <= s < float("inf") for s in v),
+         "a tuple of numbers >= 0, e.g. (0, 1, 2, 3) (empty: no guidance sweep)"),
+        ("eval.inception_path", lambda v: isinstance(v, str) and (v == "" or os.path.isfile(v)),
+         "'' or the path of pytorch-fid's Inception weight file, from " + FID_WEIGHTS_URL),
+    ]
+    for field, ok, allowed in checks:
+        _require(config, field, ok, allowed)
+    _validate_guidance(config)
+    per_call = config.train.get("steps_per_call", 1)
+    for field in ("train.log_every", "train.checkpoint_every", "eval.sample_every"):
+        _require(config, field, lambda v: v % per_call == 0,
+                 f"a multiple of train.steps_per_call={per_call}")
+    timesteps = config.diffusion.timesteps
+    _require(config, "sample.steps", lambda v: v <= timesteps,
+             f"DDIM steps must be <= diffusion.timesteps={timesteps}")
+    if config.data.name == "array" and not config.data.path:
+        raise ConfigError("config.data.path='' is invalid: data.name='array' needs a .npy/.npz file")
+    if config.data.name == "folder" and not config.data.path:
+        raise ConfigError("config.data.path='' is invalid: data.name='folder' needs a directory")
+    image_data = is_image_config(config)
+    if image_data and "image_size" not in config.data:
+        raise ConfigError(f"config.data.name={config.data.name!r} is invalid: this config is for "
+                          f"point data, one of {', '.join(POINT_SETS)}")
+    if image_data and config.model.name == "mlp":
+        raise ConfigError(f"config.model.name='mlp' is invalid for image data "
+                          f"data.name={config.data.name!r}: use unet")
+    if not image_data and config.model.name != "mlp":
+        raise ConfigError(f"config.model.name={config.model.name!r} is invalid for point data "
+                          f"data.name={config.data.name!r}: use mlp")
+    if config.model.name in ("unet", "ddpm_unet"):
+        size, mults = config.data.image_size, tuple(config.model.dim_mults)
+        factor = 2 ** (len(mults) - 1)
+        if size % factor:
+            raise ConfigError(
+                f"config.data.image_size={size} is invalid: the U-Net with dim_mults={mults} "
+                f"halves it {len(mults) - 1} times, so it must be divisible by {factor}")
+        groups = 32 if config.model.name == "ddpm_unet" else config.model.get("resnet_block_groups")
+        field = "model.dim" if config.model.name == "ddpm_unet" else "model.resnet_block_groups"
+        widths = [config.model.dim * m for m in mults]
+        if groups and any(width % groups for width in widths):
+            raise ConfigError(
+                f"config.{field}={_get(config, field)!r} is invalid: GroupNorm with {groups} "
+                f"groups needs every width dim * dim_mults = {widths} to be divisible by {groups}")
+
+
+def _validate_guidance(config) -> None:
+    """Label dropout and guidance need a class-conditional model; guidance needs dropout."""
+    num_classes = config.model.num_classes
+    drop = config.model.get("cond_drop_prob", 0.0)
+    schedule = config.get("train", {}).get("cond_drop_schedule", "constant")
+    off = {"sample.guidance_scale": lambda v: v == 1, "sample.guidance_rescale": lambda v: v == 0,
+           "eval.guidance_scales": lambda v: len(v) == 0}
+    in_use = {field: _get(config, field) for field in off}
+    in_use = {field: value for field, value in in_use.items()
+              if value is not _MISSING and not off[field](value)}
+    if not num_classes:
+        if drop:
+            raise ConfigError(f"config.model.cond_drop_prob={drop!r} is invalid: label dropout "
+                              f"needs a class-conditional model (model.num_classes > 0)")
+        for field, value in in_use.items():
+            raise ConfigError(f"config.{field}={value!r} is invalid: classifier-free guidance "
+                              f"needs a class-conditional model (model.num_classes > 0)")
+        return
+    if not drop and schedule == "constant":
+        for field, value in in_use.items():
+            raise ConfigError(
+                f"config.{field}={value!r} is invalid: guidance needs the unconditional "
+                f"(null-class) prediction, which a model trained with model.cond_drop_prob=0 "
+                f"never learned; set model.cond_drop_prob (e.g. 0.1)")
+
+
+# --- defaults -----------------------------------------------------------------------------------
+
+
+
+
+def add_training_sections(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Add the diffusion, optim, train, ema and sample sections with their defaults (the image
+    defaults; configs/toy2d.py overrides what points need). Every config, image or point, gets
+    these fields from here, so a new training option is added once."""
+    config.diffusion = ml_collections.ConfigDict()
+    config.diffusion.schedule = "cosine"
+    config.diffusion.timesteps = 1000
+    config.diffusion.objective = "pred_noise"
+    config.diffusion.loss_type = "l2"
+    config.diffusion.weighting = "none"
+    config.diffusion.min_snr_gamma = 5.0
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.lr = 2e-4
+    config.optim.warmup_steps = 1000
+    config.optim.decay = "constant"
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.999
+    config.optim.weight_decay = 0.0
+    config.optim.grad_clip = 1.0
+
+    config.train = ml_collections.ConfigDict()
+    config.train.steps = 100_000
+    config.train.batch_size = 128
+    config.train.log_every = 100
+    config.train.checkpoint_every = 5_000
+    config.train.keep_checkpoints = 3
+    config.train.max_skipped_steps = 20  # stop after this many consecutive non-finite steps
+    config.train.steps_per_call = 1  # train steps per dispatch (a lax.scan over k steps)
+    config.train.num_devices = 0  # devices the batch is split over; 0: all of them, all hosts
+    config.train.cond_drop_schedule = "constant"  # or "linear": from cond_drop_start down
+    config.train.cond_drop_start = 1.0
+
+    config.ema = ml_collections.ConfigDict()
+    config.ema.decay = 0.9999
+    config.ema.warmup = True
+
+    config.sample = ml_collections.ConfigDict()
+    config.sample.sampler = "ddim"
+    config.sample.steps = 100
+    config.sample.eta = 0.0
+    config.sample.variance = "fixed_small"
+    config.sample.clip_x0 = True
+    config.sample.timestep_spacing = "trailing"
+    config.sample.guidance_scale = 1.0  # 1: plain conditional sampling
+    config.sample.guidance_rescale = 0.0
+    return config
+
+
+def image_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "digits"
+    config.data.path = ""
+    config.data.data_dir = ""
+    config.data.split = "train"
+    config.data.image_size = 8
+    config.data.channels = 1
+    config.data.random_flip = False
+    config.data.strict = False
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "unet"
+    config.model.dim = 64
+    config.model.dim_mults = (1, 2, 4, 8)
+    config.model.resnet_block_groups = 8
+    config.model.num_res_blocks = 2  # ddpm_unet only
+    config.model.attn_resolutions = (16,)  # ddpm_unet only
+    config.model.dropout = 0.0
+    config.model.num_classes = 0
+    config.model.cond_drop_prob = 0.0  # label dropout for classifier-free guidance
+    config.model.self_condition = False
+    config.model.learned_sinusoidal_cond = False
+    config.model.dtype = "float32"
+
+    add_training_sections(config)
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.num_samples = 1000
+    config.eval.plots = True
+    config.eval.sample_every = 5_000
+    config.eval.inception_path = ""
+    config.eval.guidance_scales = ()  # conditional models: a guidance sweep at the end
+    return config
+
+
+def quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrink a config to a smoke test: a few steps, a tiny model, few samples."""
+    config.train.steps = 20
+    config.train.log_every = 10
+    config.train.checkpoint_every = 10
+    config.optim.warmup_steps = 5
+    config.eval.num_samples = 16
+    config.eval.sample_every = 0
+    config.sample.steps = 10
+    return config

@@ -1,0 +1,189 @@
+"""What a run reports: EMA samples compared with held-out data, and the pictures of them.
+
+`evaluate` (end of training) draws `config.eval.num_samples` EMA samples in one compiled sharded
+call, writes them (eval_samples.npz, in data space) with eval.json and pictures, and reports
+  points  sliced Wasserstein, energy distance, MMD, precision / recall, each next to its
+          fresh-vs-fresh floor (jaxdiff.metrics.points);
+  images  for the offline digits the digits-classifier Fréchet distance next to the
+          train-vs-test floor (and class accuracy for conditional models), FID with pytorch-fid's
+          Inception weights when `eval.inception_path` is set, and a guidance sweep
+          (`eval.guidance_scales`) for class-conditional models.
+`sample_grid` is the 10x10 grid of EMA samples saved during training. Every process samples its
+share; only process 0 writes files.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+
+from jaxdiff import plotting, sharding
+from jaxdiff.diffusion import q_sample
+from jaxdiff.run import sample_sharded
+from jaxdiff.workdir import EVAL_FILE, write_json
+
+log = logging.getLogger("jaxdiff")
+
+
+def sample_ema(config, model, schedule, state, shape, *, seed: int = 1, **kwargs) -> np.ndarray:
+    """EMA samples in model space (numpy), split over the training devices in one compiled
+    call; `kwargs` go to `run.sample_model` (labels, guidance, return_trajectory)."""
+    mesh = sharding.make_mesh(config.train.get("num_devices", 0) or None)
+    model_fn = functools.partial(model.apply, state.ema_params)
+    return sample_sharded(model_fn, schedule, config, shape,
+                          key=jax.random.key(config.seed + seed), mesh=mesh, **kwargs)
+
+
+def grid_labels(config, count: int) -> np.ndarray | None:
+    """Labels 0, 1, ..., num_classes - 1, 0, 1, ... for a conditional model (one column per
+    class in a 10-wide grid); None for an unconditional one."""
+    if not config.model.num_classes:
+        return None
+    return np.arange(count) % config.model.num_classes
+
+
+def sample_grid(config, model, schedule, state, source, workdir: str, step: int) -> np.ndarray:
+    """A 10x10 grid of EMA images (one column per class when conditional), saved as
+    grids/step_<step>.png; returns the grid [H, W, C] uint8."""
+    count = 100
+    images = source.codec.decode(sample_ema(config, model, schedule, state,
+                                            (count,) + tuple(source.shape),
+                                            labels=grid_labels(config, count)))
+    if sharding.is_main_process():
+        os.makedirs(os.path.join(workdir, "grids"), exist_ok=True)
+        plotting.save_image_grid(images, os.path.join(workdir, "grids", f"step_{step:07d}.png"),
+                                 nrow=10)
+    return plotting.image_grid(images, nrow=10)
+
+
+def evaluate(config, workdir: str, model, schedule, state, source) -> dict:
+    """Sample with the EMA parameters, compare with held-out data, write eval.json,
+    eval_samples.npz and pictures; return the report."""
+    num = config.eval.num_samples
+    labels = grid_labels(config, num)
+    start = time.perf_counter()
+    out = sample_ema(config, model, schedule, state, (num,) + tuple(source.shape), labels=labels,
+                     return_trajectory=config.eval.plots)
+    samples, trajectory = out if config.eval.plots else (out, None)
+    samples = source.codec.decode(samples)
+    report = {"step": int(state.step), "num_samples": num, "sampler": config.sample.sampler,
+              "sample_seconds": time.perf_counter() - start}
+    main = sharding.is_main_process()
+    if main:
+        np.savez(os.path.join(workdir, "eval_samples.npz"), samples=samples,
+                 **({"labels": labels} if labels is not None else {}))
+    if len(source.shape) == 1:
+        report.update(_point_quality(config, workdir, schedule, source, samples, trajectory,
+                                     step=report["step"]))
+    else:
+        report.update(_image_quality(config, workdir, source, samples, labels, trajectory))
+        if labels is not None and len(config.eval.get("guidance_scales", ())):
+            report["guidance_sweep"] = guidance_sweep(config, workdir, model, schedule, state,
+                                                      source, labels)
+    if main:
+        write_json(os.path.join(workdir, EVAL_FILE), report)
+    return report
+
+
+def _point_quality(config, workdir, schedule, source, samples, trajectory, *,
+                   step: int) -> dict:
+    """Point metrics against two fresh draws (their distance is the floor), and the pictures:
+    samples beside data, the reverse trajectory, the forward process."""
+    from jaxdiff.metrics.points import point_quality_report
+
+    fresh_a = source.fresh(len(samples), seed=config.seed + 10_000)["x"]
+    fresh_b = source.fresh(len(samples), seed=config.seed + 20_000)["x"]
+    report = point_quality_report(samples, fresh_a, fresh_b, seed=config.seed)
+    if config.eval.plots and sharding.is_main_process():
+        plotting.plot_samples_vs_data(samples, fresh_a, os.path.join(workdir, "samples.png"),
+                                      title=f"{source.name}: step {step}")
+        plotting.plot_trajectory(source.codec.decode(np.asarray(trajectory)[:, :2000]),
+                                 os.path.join(workdir, "trajectory.png"))
+        x0 = source.codec.encode(fresh_a[:2000])
+        times = np.linspace(0, schedule.timesteps - 1, 6).astype(np.int32)
+        noise = np.random.default_rng(config.seed).standard_normal(x0.shape).astype(np.float32)
+        forward = {int(t): source.codec.decode(np.asarray(
+            q_sample(schedule, x0, np.full(len(x0), t, np.int32), noise))) for t in times}
+        plotting.plot_forward_process(forward, os.path.join(workdir, "forward.png"))
+    return {name: float(value) for name, value in report.items()}
+
+
+def _image_quality(config, workdir, source, images, labels, trajectory) -> dict:
+    """The sample grid and trajectory strip; digits-FD (and class accuracy) for the digits, FID
+    when `eval.inception_path` is set."""
+    if sharding.is_main_process():
+        plotting.save_image_grid(images[:100], os.path.join(workdir, "samples.png"), nrow=10)
+        if config.eval.plots:
+            plotting.save_trajectory_strip(source.codec.decode(np.asarray(trajectory)[:, :10]),
+                                           os.path.join(workdir, "trajectory.png"))
+    report = {}
+    if config.data.name == "digits":
+        report.update(digits_quality(images, labels))
+    if config.eval.get("inception_path"):
+        report.update(fid(images, source, config))
+    return report
+
+
+def guidance_sweep(config, workdir, model, schedule, state, source, labels) -> list[dict]:
+    """Sample the same labels from the same noise at each of `config.eval.guidance_scales`
+    (one compiled sampler: the scale is traced); for the digits report the classifier's accuracy
+    on the requested classes and the digits Fréchet distance per scale. Writes guidance.png:
+    one row per class, one column per scale."""
+    shape = (len(labels),) + tuple(source.shape)
+    rows, sweep = [], []
+    for scale in config.eval.guidance_scales:
+        start = time.perf_counter()
+        # an array scale keeps s = 1 on the guided path too, so every scale shares one compile
+        images = source.codec.decode(sample_ema(
+            config, model, schedule, state, shape, labels=labels,
+            guidance_scale=np.full(len(labels), scale, np.float32)))
+        entry = {"guidance_scale": float(scale), "sample_seconds": time.perf_counter() - start}
+        if config.data.name == "digits":
+            metrics = digits_quality(images, labels)
+            entry.update(class_accuracy=metrics["class_accuracy"], digits_fd=metrics["digits_fd"])
+        log.info("guidance scale %s: %s", scale, entry)
+        sweep.append(entry)
+        rows.append(images[:config.model.num_classes])
+    if sharding.is_main_process():
+        grid = np.stack(rows, axis=1)  # [classes, scales, H, W, C]
+        plotting.save_image_grid(grid.reshape((-1,) + grid.shape[2:]),
+                                 os.path.join(workdir, "guidance.png"), nrow=len(rows))
+    return sweep
+
+
+def fid(images: np.ndarray, source, config) -> dict:
+    """FID (pytorch-fid's Inception-v3 weights) of the samples against as many training images
+    drawn without replacement."""
+    from jaxdiff.metrics.frechet import frechet_distance_from_features
+    from jaxdiff.metrics.inception import inception_features
+
+    real = source.fresh(len(images), seed=config.seed + 10_000)["x"]
+    path = config.eval.inception_path
+    return {"fid": frechet_distance_from_features(inception_features(images, path),
+                                                  inception_features(real, path)),
+            "fid_num_images": float(len(images))}
+
+
+def digits_quality(images: np.ndarray, labels) -> dict:
+    """The digits-classifier Fréchet distance of uint8 digits to the test split, next to the
+    train-vs-test floor, and (given labels) the classifier's accuracy on them."""
+    from jaxdiff.data.digits import digits_split
+    from jaxdiff.metrics import digits_classifier
+    from jaxdiff.metrics.frechet import frechet_distance_from_features
+
+    params = digits_classifier.load_classifier()
+    features = lambda x: digits_classifier.features(params, x)  # noqa: E731
+    test_features = features(digits_split("test")[0])
+    report = {
+        "digits_fd": frechet_distance_from_features(features(images), test_features),
+        "digits_fd_floor": frechet_distance_from_features(features(digits_split("train")[0]),
+                                                          test_features),
+    }
+    if labels is not None:
+        report["class_accuracy"] = float((digits_classifier.predict(params, images) == labels).mean())
+    return {name: float(value) for name, value in report.items()}
