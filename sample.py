@@ -73,14 +73,14 @@ def guidance_flags(run):
                                      "(model.num_classes=0), so it cannot be guided"))
         return None, None
     labels = _numbers(_LABELS, int, "comma-separated integer class labels, e.g. 0,1,2")
-    labels = check_labels(labels, num_classes, name="--labels").tolist()
+    labels = check_labels(labels, num_classes, name="--labels", shown=_LABELS.value).tolist()
     if _GUIDANCE.value is None:
         scales = [float(run.config.sample.get("guidance_scale", 1.0))]
     else:
         scales = _numbers(_GUIDANCE, float, "comma-separated numbers >= 0, e.g. 1,3,5")
-    check_guidance("--guidance_scale", scales, len(scales), 0.0, None)
+    check_guidance("--guidance_scale", scales, len(scales), 0.0, None, shown=_GUIDANCE.value)
     if _RESCALE.value is not None:
-        check_guidance("--guidance_rescale", _RESCALE.value, 1, 0.0, 1.0)
+        check_guidance("--guidance_rescale", _RESCALE.value, 1, 0.0, 1.0, shown=_RESCALE.value)
     return labels, scales
 
 

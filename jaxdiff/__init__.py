@@ -17,6 +17,7 @@ from jaxdiff.diffusion import (
     q_sample,
     target_for,
 )
+from jaxdiff.guidance import classifier_free_guidance, guide
 from jaxdiff.losses import (
     COND_DROP_SCHEDULES,
     LOSS_TYPES,
@@ -29,12 +30,10 @@ from jaxdiff.losses import (
 from jaxdiff.samplers import (
     TIMESTEP_SPACINGS,
     VARIANCES,
-    classifier_free_guidance,
     ddim_coefficients,
     ddim_sample,
     ddim_timesteps,
     ddpm_sample,
-    guide,
 )
 from jaxdiff.schedules import SCHEDULE_KINDS, Schedule, make_schedule, schedule_from_betas
 

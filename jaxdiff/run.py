@@ -23,7 +23,7 @@ from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.config import SAMPLERS
 from jaxdiff.data.codecs import Standardizer
 from jaxdiff.errors import CheckpointError, ConfigError, error_summary
-from jaxdiff.samplers import check_per_example  # TODO(lead): jaxdiff.guidance
+from jaxdiff.guidance import check_per_example
 from jaxdiff.models import build_model
 from jaxdiff.samplers import ddim_sample, ddpm_sample
 from jaxdiff.schedules import Schedule
@@ -171,22 +171,23 @@ def sample_sharded(model_fn, schedule: Schedule, config, shape, *, key, mesh, la
 
 
 def check_labels(labels, num_classes: int, num_samples: int | None = None, *,
-                 name: str = "labels") -> np.ndarray:
-    """Class labels as int32 [N], or ConfigError naming the bad value (as `name`, e.g. a flag):
-    an unconditional model, non-integers, labels outside [0, num_classes), or a count other
-    than `num_samples`."""
+                 name: str = "labels", shown: str | None = None) -> np.ndarray:
+    """Class labels as int32 [N], or ConfigError naming the bad value (as `name`=`shown`, e.g. a
+    flag as typed): an unconditional model, non-integers, labels outside [0, num_classes), or a
+    count other than `num_samples`."""
+    shown = _short(labels) if shown is None else shown
     if not num_classes:
-        raise ConfigError(f"{name}={_short(labels)} are invalid: the model is unconditional "
+        raise ConfigError(f"{name}={shown} is invalid: the model is unconditional "
                           f"(model.num_classes=0)")
     array = np.asarray(labels)
     if array.ndim == 0:
         array = np.full((num_samples or 1,), array)
     if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
-        raise ConfigError(f"{name}={_short(labels)} are invalid: a 1-D sequence of integer "
+        raise ConfigError(f"{name}={shown} is invalid: a 1-D sequence of integer "
                           f"class indices")
     bad = array[(array < 0) | (array >= num_classes)]
     if bad.size:
-        raise ConfigError(f"{name}={_short(labels)} are invalid: label {int(bad[0])} is outside "
+        raise ConfigError(f"{name}={shown} is invalid: label {int(bad[0])} is outside "
                           f"[0, num_classes={num_classes})")
     if num_samples is not None and len(array) != num_samples:
         raise ConfigError(f"{name} has {len(array)} entries for {num_samples} samples: give one "
@@ -200,7 +201,7 @@ def _short(value) -> str:
 
 
 def check_guidance(name: str, value, num_samples: int, low: float | None = 0.0,
-                   high: float | None = None) -> None:
+                   high: float | None = None, *, shown: str | None = None) -> None:
     """ConfigError naming `name` unless `value` is a finite number, or one per sample, in
     [low, high] (an open end where None)."""
     try:
@@ -208,7 +209,8 @@ def check_guidance(name: str, value, num_samples: int, low: float | None = 0.0,
     except ValueError:
         bounds = " and ".join(part for part in (f">= {low}" if low is not None else "",
                                                 f"<= {high}" if high is not None else "") if part)
-        raise ConfigError(f"{name}={_short(value)} is invalid: finite numbers {bounds}, one or "
+        shown = _short(value) if shown is None else shown
+        raise ConfigError(f"{name}={shown} is invalid: finite numbers {bounds}, one or "
                           f"one per sample ({num_samples})") from None
 
 

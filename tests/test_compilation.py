@@ -48,6 +48,66 @@ def test_jit_matches_jax_jit_at_top_level_and_nested():
     assert jitted.lower(x, power=3).compile()(x) == 100.0
 
 
+def test_nested_calls_without_tracer_arguments_compile_plainly(monkeypatch):
+    """Inside a trace, a call whose arguments are all concrete (constants, or a closure over the
+    enclosing trace's tracers) must not take the options either: JAX refuses them when it stages
+    the call, and the plain jit takes over. The bogus option makes any leak fail loudly."""
+    monkeypatch.setattr(compilation, "compiler_options", lambda: {"xla_no_such_option": ""})
+    constant = jnp.arange(3.0)
+    add_one = compilation.jit(lambda x: x + 1)
+    np.testing.assert_allclose(jax.jit(lambda y: add_one(constant) * y)(2.0), [2.0, 4.0, 6.0])
+    assert jax.eval_shape(lambda: add_one(constant)).shape == (3,)
+    total, _ = jax.lax.scan(lambda carry, _: (carry + add_one(constant), None), constant, None,
+                            length=2)
+    np.testing.assert_allclose(total, [2.0, 5.0, 8.0])
+
+    def closure(scale):  # the tracer `scale` reaches the jitted function only by closure
+        return compilation.jit(lambda x: x * scale)(constant)
+
+    np.testing.assert_allclose(jax.jit(closure)(3.0), [0.0, 3.0, 6.0])
+    np.testing.assert_allclose(jax.jit(jax.grad(lambda a: closure(a).sum()))(3.0), 3.0)
+
+
+def test_eager_transformations_of_a_closure_compile_at_top_level():
+    """Eager grad / vmap of a closure run the jitted function as a top-level compile, which
+    JAX lets keep the options (here the real ones, which XLA knows)."""
+    constant = jnp.arange(3.0)
+
+    def closure(scale):
+        return compilation.jit(lambda x: x * scale)(constant)
+
+    np.testing.assert_allclose(jax.grad(lambda a: closure(a).sum())(3.0), 3.0)
+    np.testing.assert_allclose(jax.vmap(closure)(jnp.array([1.0, 2.0])),
+                               [[0.0, 1.0, 2.0], [0.0, 2.0, 4.0]])
+
+
+def test_a_sampler_inside_a_user_jit_with_captured_parameters(monkeypatch):
+    """The DDPM sampler (a compilation.jit) called inside the user's jit, with the model's
+    parameters captured as constants and a concrete key: none of its loop's arguments is a
+    tracer, so only JAX's refusal of the options tells that the call is nested."""
+    from jaxdiff import ddpm_sample, make_schedule
+
+    refusals = []
+    is_refusal = compilation._is_nested_jit_error
+    monkeypatch.setattr(compilation, "_is_nested_jit_error",
+                        lambda error: refusals.append(error) or is_refusal(error))
+    monkeypatch.setattr(compilation, "compiler_options", lambda: {"xla_no_such_option": ""})
+    schedule = make_schedule("linear", timesteps=10)
+    params = jnp.float32(0.5)
+    key = jax.random.key(0)
+
+    def model_fn(x_t, t):
+        return params * x_t
+
+    @jax.jit
+    def scaled_samples(factor):
+        return factor * ddpm_sample(model_fn, schedule, key=key, shape=(2, 3))
+
+    x = scaled_samples(2.0)
+    assert x.shape == (2, 3) and bool(jnp.all(jnp.isfinite(x)))
+    assert len(refusals) == 1
+
+
 def test_decorator_form_keeps_the_name():
     @compilation.jit
     def double(x):
