@@ -28,7 +28,7 @@ from absl import logging as absl_logging
 
 from jaxdiff import cli, plotting, sharding
 from jaxdiff.config import SAMPLERS
-from jaxdiff.errors import CheckpointError, ConfigError
+from jaxdiff.errors import CheckpointError, ConfigError, NonFiniteError
 from jaxdiff.run import check_guidance, check_labels, load_run
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory written by train.py.", required=True)
@@ -117,13 +117,16 @@ def check_flags(run) -> None:
     timesteps = run.schedule.timesteps
     if _STEPS.value is not None and not 1 <= _STEPS.value <= timesteps:
         raise ConfigError(f"--steps={_STEPS.value} is invalid: an integer in [1, T={timesteps}]")
-    if _ETA.value is not None and _ETA.value < 0:
-        raise ConfigError(f"--eta={_ETA.value} is invalid: a number >= 0")
+    if _ETA.value is not None and not 0 <= _ETA.value < float("inf"):  # NaN fails too
+        raise ConfigError(f"--eta={_ETA.value} is invalid: a finite number >= 0")
     if _DEVICES.value is not None and not 1 <= _DEVICES.value <= jax.device_count():
         raise ConfigError(f"--num_devices={_DEVICES.value} is invalid: an integer in "
                           f"[1, {jax.device_count()}] (the devices present)")
     if not _OUT.value.endswith(".npz"):
         raise ConfigError(f"--out={_OUT.value!r} is invalid: a path ending in .npz")
+    cli.check_writable("out", _OUT.value, directory=False)
+    if not -2**63 <= _SEED.value < 2**63:
+        raise ConfigError(f"--seed={_SEED.value} is invalid: an integer in [-2**63, 2**63)")
 
 
 def main(argv) -> None:
@@ -137,9 +140,19 @@ def main(argv) -> None:
         labels, scales = guidance_flags(run)
     except (ConfigError, CheckpointError) as error:
         cli.fail(error)
-    if labels is not None:
-        write_class_samples(run, labels, scales)
-        return
+    try:
+        if labels is not None:
+            write_class_samples(run, labels, scales)
+        else:
+            write_samples(run)
+    except ConfigError as error:  # e.g. more samples than memory holds
+        cli.fail(error)
+    except NonFiniteError as error:  # refused, not written
+        cli.fail(error, code=1)
+
+
+def write_samples(run) -> None:
+    """Sample --num_samples; write the .npz and pictures (and the trajectory's)."""
     out = run.sample(_NUM.value, seed=_SEED.value, sampler=_SAMPLER.value, steps=_STEPS.value,
                      eta=_ETA.value, return_trajectory=_TRAJECTORY.value,
                      num_devices=_DEVICES.value)

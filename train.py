@@ -16,7 +16,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from jaxdiff import cli
-from jaxdiff.errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted
+from jaxdiff.errors import (CheckpointError, ConfigError, NonFiniteError, TrainingDiverged,
+                            TrainingInterrupted)
 from jaxdiff.sharding import initialize_distributed
 from jaxdiff.train_loop import train_and_evaluate
 
@@ -33,13 +34,14 @@ def main(argv) -> None:
     logging.getLogger("jaxdiff").setLevel(logging.INFO)
     config = cli.load_config(_CONFIG)
     try:
+        cli.check_writable("workdir", _WORKDIR.value, directory=True)
         report = train_and_evaluate(config, _WORKDIR.value, force=_FORCE.value)
     except (ConfigError, CheckpointError) as error:
         cli.fail(error)
     except TrainingInterrupted as stop:  # SIGTERM / SIGINT: a checkpoint was saved
         print(f"stopped: {stop}", file=sys.stderr)
         sys.exit(128 + stop.signum)
-    except TrainingDiverged as error:
+    except (TrainingDiverged, NonFiniteError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
     print(format_report(report))
@@ -48,9 +50,12 @@ def main(argv) -> None:
 def format_report(report: dict) -> str:
     """One line: the sample-quality figures next to their fresh-data floors."""
     if "swd" in report:
+        floor = report["swd_floor"]
+        ratio = (f"ratio {report['swd'] / floor:.2f}" if floor > 0 else
+                 "a zero floor: the held-out draws coincide, so no ratio")
         quality = (
             f"sliced Wasserstein {report['swd']:.4f} (fresh-vs-fresh floor "
-            f"{report['swd_floor']:.4f}, ratio {report['swd'] / report['swd_floor']:.2f}); "
+            f"{floor:.4f}, {ratio}); "
             f"precision {report['precision']:.3f} (floor {report['precision_floor']:.3f}), "
             f"recall {report['recall']:.3f} (floor {report['recall_floor']:.3f})")
     elif "digits_fd" in report:

@@ -20,6 +20,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.name = "butterfly"  # a 2-D toy set (see jaxdiff.data.TOY2D_NAMES) or "array"
     config.data.path = ""  # for name="array": a .npy / .npz file of shape [N, D]
     config.data.noise = -1.0  # toy-set noise; < 0 uses the set's default
+    config.data.holdout = 0.1  # array: this fraction of rows is held out for the evaluation
+    config.data.eval_path = ""  # array: or a separate [M, D] file to evaluate against
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "mlp"

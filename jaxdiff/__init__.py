@@ -37,7 +37,7 @@ from jaxdiff.samplers import (
 )
 from jaxdiff.schedules import SCHEDULE_KINDS, Schedule, make_schedule, schedule_from_betas
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):

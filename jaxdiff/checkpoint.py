@@ -23,72 +23,106 @@ logger = logging.getLogger("jaxdiff")
 
 
 class Checkpointer:
-    """Periodic saves of the train state, keeping the newest `max_to_keep`."""
+    """Periodic saves of the train state, keeping the newest `max_to_keep`, and restores that
+    read each step directory on its own, so a stray or partial directory never hides the good
+    checkpoints beside it.
 
-    def __init__(self, workdir: str, *, max_to_keep: int = 3):
+    `read_only=True` (evaluation: `load_run`, sample.py) creates, moves and writes nothing.
+    """
+
+    def __init__(self, workdir: str, *, max_to_keep: int = 3, read_only: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
-
-    def latest_step(self) -> int | None:
-        return self._manager.latest_step()
+        self.read_only = read_only
+        self._manager = None
+        if not read_only:
+            options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def all_steps(self) -> list[int]:
-        return sorted(self._manager.all_steps())
+        """The steps of the step directories (integer names), ascending. Orbax's temporary
+        directories of an unfinished save and anything else in the directory are not steps."""
+        if not os.path.isdir(self.directory):
+            return []
+        return sorted(int(name) for name in os.listdir(self.directory)
+                      if name.isdigit() and os.path.isdir(os.path.join(self.directory, name)))
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def save(self, step: int, state: Any) -> None:
+        if self._manager is None:
+            raise CheckpointError(f"{self.directory} is opened read-only")
+        if not os.path.isdir(self.directory):  # deleted under a running job: start it again
+            os.makedirs(self.directory, exist_ok=True)
+            self._manager.reload()
+            logger.warning("%s had been deleted; recreated it", self.directory)
         self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
 
-    def restore(self, abstract_state: Any, step: int | None = None) -> Any:
+    def restore(self, abstract: Any, step: int | None = None) -> Any:
         """Restore `step` (default: the newest) onto the structure, dtypes and shardings of
-        `abstract_state` (e.g. from `jax.eval_shape`)."""
+        `abstract` (e.g. from `jax.eval_shape`). A dict naming only some fields of the saved
+        state (e.g. {"step": ..., "ema_params": ...}) reads just those."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        item = os.path.join(self.path(step), "default")
+        if not os.path.isdir(item):
+            raise FileNotFoundError(f"{item} is missing")
+        args = ocp.args.PyTreeRestore(
+            abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+            partial_restore=isinstance(abstract, dict))
+        with ocp.PyTreeCheckpointer() as reader:
+            return reader.restore(item, args=args)
 
     def path(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
 
-    def restore_newest_good(self, abstract_state: Any) -> tuple[Any, int] | None:
-        """Restore the newest checkpoint that reads back, newest first; damaged ones are moved to
-        checkpoints_damaged/ with a warning naming them and the one used instead. Returns
-        (state, step), None when there is no checkpoint at all, and raises CheckpointError when
-        there are checkpoints but none is readable."""
+    def restore_newest_good(self, abstract: Any) -> tuple[Any, int] | None:
+        """Restore the newest checkpoint that reads back, newest first, with a warning naming
+        each unreadable one and the one used instead; unless read-only, the unreadable ones
+        newer than it are moved to checkpoints_damaged/ (so training can save those steps
+        again). Returns (state, step), None when there is no checkpoint at all, and raises
+        CheckpointError when there are checkpoints but none is readable."""
         steps = sorted(self.all_steps(), reverse=True)
         if not steps:
             return None
         failures = []
         for position, step in enumerate(steps):
             try:
-                state = self.restore(abstract_state, step)
-            except Exception as error:  # noqa: BLE001 - any read failure means "damaged"
+                state = self.restore(abstract, step)
+            except Exception as error:  # noqa: BLE001 - any read failure means "unusable"
                 failures.append(f"{self.path(step)} ({error_summary(error)})")
                 following = steps[position + 1] if position + 1 < len(steps) else None
-                logger.warning("checkpoint %s is damaged (%s); %s", self.path(step),
+                logger.warning("checkpoint %s is unreadable (%s); %s", self.path(step),
                                error_summary(error), f"falling back to {self.path(following)}"
                                if following is not None else "no older checkpoint is left")
                 continue
-            for damaged in steps[:position]:
-                self._move_aside(damaged)
+            if not self.read_only:
+                for damaged in steps[:position]:
+                    self._move_aside(damaged)
             return state, step
         raise CheckpointError(f"no usable checkpoint in {self.directory}: "
                               + "; ".join(failures))
 
     def _move_aside(self, step: int) -> None:
-        target = os.path.join(os.path.dirname(self.directory), "checkpoints_damaged", str(step))
-        if os.path.exists(target):
-            shutil.rmtree(target)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
+        """Move step directory `step` to checkpoints_damaged/, never over an earlier copy."""
+        damaged = os.path.join(os.path.dirname(self.directory), "checkpoints_damaged")
+        target, copy = os.path.join(damaged, str(step)), 1
+        while os.path.exists(target):
+            target, copy = os.path.join(damaged, f"{step}.{copy}"), copy + 1
+        os.makedirs(damaged, exist_ok=True)
         shutil.move(self.path(step), target)
         self._manager.reload()
         logger.warning("moved the damaged checkpoint %s to %s", self.path(step), target)
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        if self._manager is not None:
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.close()
+        if self._manager is not None:
+            self._manager.close()
 
 
 def abstract_like(tree: Any) -> Any:

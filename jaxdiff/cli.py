@@ -10,18 +10,20 @@ import sys
 
 from absl import flags
 
+from jaxdiff.errors import error_summary
+
 USAGE_ERROR = 2
 
 
-def fail(message: str) -> None:
-    """Print `error: message` as one line on stderr and exit with code 2."""
+def fail(message: str, code: int = USAGE_ERROR) -> None:
+    """Print `error: message` as one line on stderr and exit with `code` (2: a usage error)."""
     print("error: " + " ".join(str(message).split()), file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     # os._exit, not sys.exit: nothing has been written yet, and a failed Orbax restore leaves
     # coroutines whose garbage collection at interpreter exit would print a traceback after this
     # line ("Exception ignored in ...").
-    os._exit(USAGE_ERROR)
+    os._exit(code)
 
 
 def _offending_argument(argv: list[str], key: str) -> str:
@@ -41,9 +43,25 @@ def parse_flags(argv: list[str]) -> list[str]:
         # A config file that raised: its error is the traceback's last line.
         fail(f"{lines[0]} {lines[-1]}" if "Traceback" in str(error) else " ".join(lines))
     except (AttributeError, KeyError) as error:  # ml_collections: no such config field
+        if "get_config" in str(error):
+            fail(f"--config={_flag_value(argv, 'config')!r} is invalid: a config file defines "
+                 f"get_config() returning a ConfigDict")
         fail(_unknown_field(argv, error))
     except (TypeError, ValueError) as error:  # a config override of the wrong type
         fail(str(error).splitlines()[0])
+    except Exception as error:  # noqa: BLE001 - a config file that does not run (syntax, raises)
+        fail(f"--config={_flag_value(argv, 'config')!r} cannot be loaded: "
+             f"{error_summary(error)}")
+
+
+def _flag_value(argv: list[str], name: str) -> str:
+    """The value given for --name (as `--name=v` or `--name v`), '' when absent."""
+    for index, argument in enumerate(argv):
+        if argument.startswith(f"--{name}="):
+            return argument.split("=", 1)[1]
+        if argument == f"--{name}" and index + 1 < len(argv):
+            return argv[index + 1]
+    return ""
 
 
 def _unknown_field(argv: list[str], error: BaseException) -> str:
@@ -80,3 +98,25 @@ def load_config(config_flag):
         missing = re.search(r"No such file or directory: '([^']+)'", str(error))
         fail(f"--config={missing.group(1)!r} is invalid: no such file" if missing
              else f"--config cannot be loaded: {error}")
+
+
+def check_writable(name: str, path: str, *, directory: bool) -> None:
+    """ConfigError naming the flag unless `path` is usable: a directory to write in (`directory`)
+    or a file to write, creatable where it does not exist yet."""
+    from jaxdiff.errors import ConfigError
+
+    if not path:
+        raise ConfigError(f"--{name}={path!r} is invalid: an empty path")
+    path = os.path.abspath(path)
+    kind = "directory" if directory else "file"
+    if os.path.exists(path) and os.path.isdir(path) != directory:
+        other = "file" if directory else "directory"
+        raise ConfigError(f"--{name}={path!r} is invalid: it is a {other}, not a {kind}")
+    existing = path if directory and os.path.isdir(path) else os.path.dirname(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"--{name}={path!r} is invalid: {existing!r} is a file, so the {kind} "
+                          f"cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--{name}={path!r} is invalid: {existing!r} is not writable")

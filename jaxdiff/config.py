@@ -53,12 +53,27 @@ IMAGE_SETS = tuple(TFDS_SETS) + ("folder",)
 SAMPLERS = ("ddpm", "ddim")
 
 
+# Fields every config has (points and images); the others belong to one kind of data.
+REQUIRED_FIELDS = (
+    "seed", "data.name", "model.name", "model.num_classes", "model.self_condition",
+    "diffusion.schedule", "diffusion.timesteps", "diffusion.objective", "diffusion.loss_type",
+    "diffusion.weighting", "diffusion.min_snr_gamma", "optim.lr", "optim.warmup_steps",
+    "optim.decay", "optim.b1", "optim.b2", "optim.weight_decay", "optim.grad_clip",
+    "train.steps", "train.batch_size", "train.log_every", "train.checkpoint_every",
+    "train.keep_checkpoints", "ema.decay", "ema.warmup", "sample.sampler", "sample.steps",
+    "sample.eta", "sample.variance", "sample.clip_x0", "sample.timestep_spacing",
+    "eval.num_samples", "eval.plots",
+)
+
+
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    """A finite real number (no bool, NaN or infinity: each would silently poison a run)."""
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            and bool(np.isfinite(value)))
 
 
 _MISSING = object()
@@ -94,17 +109,24 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     first bad field, its value and what is allowed."""
     from jaxdiff.metrics.inception import FID_WEIGHTS_URL
 
+    for field in REQUIRED_FIELDS:
+        if _get(config, field) is _MISSING:
+            raise ConfigError(f"config.{field} is missing: a config starts from "
+                              f"jaxdiff.config.image_config() or configs/toy2d.py's get_config()")
     positive_int = lambda v: _is_int(v) and v >= 1  # noqa: E731
     boolean = (lambda v: isinstance(v, bool), "true or false")
     data_names = POINT_SETS + IMAGE_SETS
     checks = [
-        ("seed", _is_int, "an integer"),
+        ("seed", lambda v: _is_int(v) and 0 <= v < 2**62, "an integer in [0, 2**62)"),
         ("data.name", lambda v: isinstance(v, str) and v != "",
          f"one of {', '.join(data_names)}, or any prepared TFDS image set"),
         ("data.path", lambda v: isinstance(v, str), "a path string"),
-        ("data.noise", _is_number, "a number (< 0 for the data set's default)"),
+        ("data.noise", _is_number, "a finite number (< 0 for the data set's default)"),
+        ("data.holdout", lambda v: _is_number(v) and 0 < v < 1,
+         "a fraction in (0, 1) of the array's rows held out for evaluation"),
+        ("data.eval_path", lambda v: isinstance(v, str), "a path string ('' for none)"),
         ("data.image_size", positive_int, "an integer >= 1"),
-        ("data.channels", lambda v: v in (1, 3), "1 or 3"),
+        ("data.channels", lambda v: _is_int(v) and v in (1, 3), "1 or 3"),
         ("data.random_flip", *boolean),
         ("data.strict", *boolean),
         ("data.data_dir", lambda v: isinstance(v, str), "a path string ('' for the default)"),
@@ -134,14 +156,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("diffusion.objective", lambda v: v in OBJECTIVES, f"one of {', '.join(OBJECTIVES)}"),
         ("diffusion.loss_type", lambda v: v in LOSS_TYPES, f"one of {', '.join(LOSS_TYPES)}"),
         ("diffusion.weighting", lambda v: v in WEIGHTINGS, f"one of {', '.join(WEIGHTINGS)}"),
-        ("diffusion.min_snr_gamma", lambda v: _is_number(v) and v > 0, "a number > 0"),
-        ("optim.lr", lambda v: _is_number(v) and v > 0, "a number > 0"),
+        ("diffusion.min_snr_gamma", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+        ("optim.lr", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
         ("optim.warmup_steps", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
         ("optim.decay", lambda v: v in ("constant", "cosine"), "constant or cosine"),
         ("optim.b1", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
         ("optim.b2", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
-        ("optim.weight_decay", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-        ("optim.grad_clip", lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: no clipping)"),
+        ("optim.weight_decay", lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+        ("optim.grad_clip", lambda v: _is_number(v) and v >= 0, "a finite number >= 0 (0: no clipping)"),
         ("train.steps", positive_int, "an integer >= 1"),
         ("train.batch_size", positive_int, "an integer >= 1"),
         ("train.log_every", positive_int, "an integer >= 1"),
@@ -158,7 +180,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("ema.warmup", *boolean),
         ("sample.sampler", lambda v: v in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
         ("sample.steps", positive_int, "an integer >= 1"),
-        ("sample.eta", lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+        ("sample.eta", lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
         ("sample.variance", lambda v: v in VARIANCES, f"one of {', '.join(VARIANCES)}"),
         ("sample.clip_x0", *boolean),
         ("sample.timestep_spacing", lambda v: v in TIMESTEP_SPACINGS,
@@ -188,6 +210,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.data.path='' is invalid: data.name='array' needs a .npy/.npz file")
     if config.data.name == "folder" and not config.data.path:
         raise ConfigError("config.data.path='' is invalid: data.name='folder' needs a directory")
+    if config.data.get("path") and config.data.name not in ("array", "folder"):
+        raise ConfigError(f"config.data.path={config.data.path!r} is invalid with data.name="
+                          f"{config.data.name!r}: a path is read only for data.name='array' (a "
+                          f".npy/.npz file) or 'folder' (a directory of images)")
     image_data = is_image_config(config)
     if image_data and "image_size" not in config.data:
         raise ConfigError(f"config.data.name={config.data.name!r} is invalid: this config is for "
@@ -195,6 +221,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if image_data and config.model.name == "mlp":
         raise ConfigError(f"config.model.name='mlp' is invalid for image data "
                           f"data.name={config.data.name!r}: use unet")
+    if not image_data and config.eval.num_samples < 4:
+        raise ConfigError(f"config.eval.num_samples={config.eval.num_samples} is invalid for point "
+                          f"data: at least 4 (precision / recall use 3 nearest neighbours)")
+    if config.data.get("eval_path") and config.data.name != "array":
+        raise ConfigError(f"config.data.eval_path={config.data.eval_path!r} is invalid with "
+                          f"data.name={config.data.name!r}: it is read only for data.name='array'")
     if not image_data and config.model.name != "mlp":
         raise ConfigError(f"config.model.name={config.model.name!r} is invalid for point data "
                           f"data.name={config.data.name!r}: use mlp")

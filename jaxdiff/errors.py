@@ -1,7 +1,8 @@
 """The kinds of failure jaxdiff reports, one exception type each.
 
 train.py and sample.py turn ConfigError and CheckpointError into one line on stderr with exit
-code 2; TrainingInterrupted exits with 128 + the signal number, TrainingDiverged with 1.
+code 2; TrainingInterrupted exits with 128 + the signal number, TrainingDiverged and
+NonFiniteError with 1.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class TrainingInterrupted(Exception):
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+class NonFiniteError(RuntimeError):
+    """Samples, metrics or a train state came out NaN or infinite: refused instead of written."""
 
 
 def error_summary(error: BaseException) -> str:

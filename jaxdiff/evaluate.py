@@ -24,7 +24,8 @@ import numpy as np
 
 from jaxdiff import plotting, sharding
 from jaxdiff.diffusion import q_sample
-from jaxdiff.run import sample_sharded
+from jaxdiff.errors import NonFiniteError
+from jaxdiff.run import decode_finite, sample_sharded
 from jaxdiff.workdir import EVAL_FILE, write_json
 
 log = logging.getLogger("jaxdiff")
@@ -70,7 +71,7 @@ def evaluate(config, workdir: str, model, schedule, state, source) -> dict:
     out = sample_ema(config, model, schedule, state, (num,) + tuple(source.shape), labels=labels,
                      return_trajectory=config.eval.plots)
     samples, trajectory = out if config.eval.plots else (out, None)
-    samples = source.codec.decode(samples)
+    samples = decode_finite(source.codec, samples)
     report = {"step": int(state.step), "num_samples": num, "sampler": config.sample.sampler,
               "sample_seconds": time.perf_counter() - start}
     main = sharding.is_main_process()
@@ -85,6 +86,11 @@ def evaluate(config, workdir: str, model, schedule, state, source) -> dict:
         if labels is not None and len(config.eval.get("guidance_scales", ())):
             report["guidance_sweep"] = guidance_sweep(config, workdir, model, schedule, state,
                                                       source, labels)
+    bad = [name for name, value in report.items()
+           if isinstance(value, float) and not np.isfinite(value)]
+    if bad:
+        raise NonFiniteError(f"the evaluation at step {report['step']} gave non-finite "
+                             f"{', '.join(bad)}; {EVAL_FILE} was not written")
     if main:
         write_json(os.path.join(workdir, EVAL_FILE), report)
     return report

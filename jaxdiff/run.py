@@ -22,12 +22,13 @@ from jaxdiff import sharding
 from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.config import SAMPLERS
 from jaxdiff.data.codecs import Standardizer
-from jaxdiff.errors import CheckpointError, ConfigError, error_summary
+from jaxdiff.errors import CheckpointError, ConfigError, NonFiniteError, error_summary
 from jaxdiff.guidance import check_per_example
+from jaxdiff.memory import check_sampling_fits
 from jaxdiff.models import build_model
 from jaxdiff.samplers import ddim_sample, ddpm_sample
 from jaxdiff.schedules import Schedule
-from jaxdiff.training import build_optimizer, build_schedule, init_train_state
+from jaxdiff.training import build_schedule
 from jaxdiff.workdir import read_run
 
 
@@ -52,8 +53,10 @@ class Run(NamedTuple):
         return functools.partial(self.model.apply, self.params)
 
     def to_data_space(self, x) -> np.ndarray:
-        """Model space -> data space: unstandardised points, or uint8 images."""
-        return self.codec.decode(np.asarray(x))
+        """Model space -> data space: unstandardised points, or uint8 images; NonFiniteError
+        when a sample is NaN or infinite in either space (e.g. beyond float32 once
+        unstandardised)."""
+        return decode_finite(self.codec, x)
 
     def sample(self, num_samples: int, *, seed: int = 0, sampler: str | None = None,
                steps: int | None = None, eta: float | None = None, labels=None,
@@ -73,6 +76,12 @@ class Run(NamedTuple):
             mesh = sharding.make_mesh(num_devices)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        if return_trajectory:
+            kind = sampler or self.config.sample.sampler
+            frames = self.schedule.timesteps if kind == "ddpm" else (
+                steps or self.config.sample.steps)
+        check_sampling_fits(self.model, self.data_shape, int(num_samples),
+                            frames if return_trajectory else 0, sharding.num_batch_shards(mesh))
         model_fn = functools.partial(self.model.apply, sharding.put_replicated(self.params, mesh))
         out = sample_sharded(
             model_fn, self.schedule, self.config, (int(num_samples),) + self.data_shape,
@@ -112,6 +121,22 @@ class Run(NamedTuple):
         return out.reshape(cells + out.shape[1:])
 
 
+def decode_finite(codec, x) -> np.ndarray:
+    """`codec.decode(x)`, refusing (NonFiniteError) samples that are NaN or infinite in model space
+    or in data space, so that no caller writes them with success."""
+    x = np.asarray(x)
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1) if x.ndim else ~np.isfinite(x)
+    if np.any(bad):
+        raise NonFiniteError(f"{int(np.sum(bad))} of {bad.size} samples are NaN or infinite in "
+                             f"model space; nothing was written")
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = codec.decode(x)
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise NonFiniteError("samples overflow float32 once mapped back to data space (the data's "
+                             "standardiser scale is too large); nothing was written")
+    return data
+
+
 def sample_model(model_fn, schedule: Schedule, config, shape, *, key, sampler=None, steps=None,
                  eta=None, labels=None, return_trajectory=False, guidance_scale=None,
                  guidance_rescale=None, x_T=None):
@@ -125,6 +150,13 @@ def sample_model(model_fn, schedule: Schedule, config, shape, *, key, sampler=No
     """
     options = config.sample
     sampler = sampler or options.sampler
+    timesteps = schedule.timesteps
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer))
+                              or not 1 <= steps <= timesteps):
+        raise ConfigError(f"steps={steps!r} is invalid: an integer in [1, T={timesteps}]")
+    if eta is not None and not isinstance(eta, jax.core.Tracer) and not np.all(
+            np.isfinite(eta) & (np.asarray(eta) >= 0)):
+        raise ConfigError(f"eta={_short(eta)} is invalid: finite numbers >= 0")
     cond, guidance = _conditioning(config, shape[0], labels, guidance_scale, guidance_rescale)
     common = dict(key=key, shape=shape, objective=config.diffusion.objective,
                   clip_x0=options.clip_x0, return_trajectory=return_trajectory,
@@ -133,7 +165,7 @@ def sample_model(model_fn, schedule: Schedule, config, shape, *, key, sampler=No
         return ddpm_sample(model_fn, schedule, variance=options.variance, **common)
     if sampler == "ddim":
         return ddim_sample(
-            model_fn, schedule, num_steps=steps or options.steps,
+            model_fn, schedule, num_steps=options.steps if steps is None else steps,
             eta=options.eta if eta is None else eta,
             timestep_spacing=options.timestep_spacing, **common,
         )
@@ -243,33 +275,34 @@ def _conditioning(config, num_samples: int, labels, guidance_scale, guidance_res
 
 def load_run(workdir: str, step: int | None = None) -> Run:
     """Restore a run trained by train.py from `workdir`: config, model, EMA params, schedule and
-    data statistics (the newest checkpoint unless `step` is given)."""
+    codec (the newest readable checkpoint unless `step` is given).
+
+    Read-only: only the step and EMA parameters are read (so optimiser settings that changed in
+    config.json do not matter), and nothing in the workdir is created, moved or written; an
+    unreadable checkpoint is skipped with a warning. ConfigError for a workdir without a run or
+    a step it does not hold, CheckpointError when no checkpoint matches the config's model.
+    """
     config, info = read_run(workdir)
-    data_shape = info.data_shape
-    model, optimizer = build_model(config), build_optimizer(config)
-    abstract = jax.eval_shape(lambda: init_train_state(config, model, optimizer, data_shape))
-    checkpointer = Checkpointer(workdir)
-    try:
-        if step is None:
-            restored = checkpointer.restore_newest_good(abstract)
-            if restored is None:
-                raise ConfigError(f"workdir={workdir!r} holds no checkpoint in "
-                                  f"{checkpointer.directory}")
-            state, restored_step = restored
-        else:
-            if step not in checkpointer.all_steps():
-                raise ConfigError(f"step={step} is invalid: {checkpointer.directory} holds steps "
-                                  f"{checkpointer.all_steps()}")
-            try:
-                state, restored_step = checkpointer.restore(abstract, step), step
-            except Exception as error:  # noqa: BLE001 - a damaged checkpoint
-                raise CheckpointError(f"checkpoint {checkpointer.path(step)} is unreadable: "
-                                      f"{error_summary(error)}") from None
-    finally:
-        checkpointer.close()
-    return Run(
-        config=config, model=model, params=state.ema_params, schedule=build_schedule(config),
-        codec=info.codec,
-        data_shape=data_shape,
-        step=int(restored_step),
-    )
+    model = build_model(config)
+    x, t = jnp.zeros((1,) + info.data_shape, jnp.float32), jnp.zeros((1,), jnp.int32)
+    abstract = {"step": jax.ShapeDtypeStruct((), jnp.int32),
+                "ema_params": jax.eval_shape(lambda: model.init(jax.random.key(0), x, t))}
+    checkpointer = Checkpointer(workdir, read_only=True)
+    if step is None:
+        restored = checkpointer.restore_newest_good(abstract)
+        if restored is None:
+            raise ConfigError(f"workdir={workdir!r} holds no checkpoint in "
+                              f"{checkpointer.directory}")
+        state, step = restored
+    else:
+        if step not in checkpointer.all_steps():
+            raise ConfigError(f"step={step} is invalid: {checkpointer.directory} holds steps "
+                              f"{checkpointer.all_steps()}")
+        try:
+            state = checkpointer.restore(abstract, step)
+        except Exception as error:  # noqa: BLE001 - damaged, or not this config's model
+            raise CheckpointError(f"checkpoint {checkpointer.path(step)} cannot be read as "
+                                  f"config.json's model: {error_summary(error)}") from None
+    return Run(config=config, model=model, params=state["ema_params"],
+               schedule=build_schedule(config), codec=info.codec, data_shape=info.data_shape,
+               step=int(step))

@@ -267,8 +267,9 @@ def ddim_sample(
             f"unknown timestep_spacing={timestep_spacing!r}; "
             f"choose one of {', '.join(TIMESTEP_SPACINGS)}"
         )
-    if not isinstance(eta, jax.core.Tracer) and np.any(np.asarray(eta) < 0):
-        raise ValueError(f"eta must be >= 0, got eta={eta}")
+    if not isinstance(eta, jax.core.Tracer) and not np.all(
+            np.isfinite(eta) & (np.asarray(eta) >= 0)):
+        raise ValueError(f"eta must be finite and >= 0, got eta={eta}")
     shape = _check_shape(shape)
     cond = dict(cond or {})
     model_fn = _guided_model_fn(model_fn, cond, shape, guidance_scale, guidance_rescale, null_cond)

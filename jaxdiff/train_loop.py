@@ -10,7 +10,9 @@ EMA parameters (jaxdiff.evaluate). SIGTERM / SIGINT save a checkpoint and stop.
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 
@@ -24,10 +26,11 @@ from jaxdiff.checkpoint import Checkpointer
 from jaxdiff.config import validate_config
 from jaxdiff.data.sources import DataSource, open_source, prefetch_batches
 from jaxdiff.errors import ConfigError, TrainingDiverged, TrainingInterrupted
+from jaxdiff.memory import check_fits
 from jaxdiff.models import build_model
-from jaxdiff.training import (build_optimizer, build_schedule, init_train_state, loss_kwargs,
-                              make_train_step)
-from jaxdiff.workdir import RunInfo, check_resumable, write_run
+from jaxdiff.training import (all_finite, build_optimizer, build_schedule, init_train_state,
+                              loss_kwargs, make_train_step)
+from jaxdiff.workdir import RunInfo, check_resumable, workdir_lock, write_run
 
 log = logging.getLogger("jaxdiff")
 
@@ -46,21 +49,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     `force`."""
     source = prepare(config)
     check_resumable(workdir, config, force=force)
-    model, schedule = build_model(config), build_schedule(config)
-    optimizer = build_optimizer(config)
-    state = init_train_state(config, model, optimizer, source.shape)
+    with workdir_lock(workdir):
+        return _train(config, workdir, source)
 
+
+def _train(config: ml_collections.ConfigDict, workdir: str, source: DataSource) -> dict:
+    model = build_model(config)
     mesh = sharding.make_mesh(config.train.get("num_devices", 0) or None)
     try:
         sharding.check_batch_size(config.train.batch_size, mesh)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    check_fits(config, model, source.shape, sharding.num_batch_shards(mesh))
+    schedule, optimizer = build_schedule(config), build_optimizer(config)
+    state = init_train_state(config, model, optimizer, source.shape)
     state = sharding.put_replicated(state, mesh)
 
     checkpointer = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
     restored = checkpointer.restore_newest_good(state)  # onto the replicated layout
     if restored is not None:
         state = restored[0]
+        if int(state.step) > config.train.steps:
+            checkpointer.close()
+            raise ConfigError(f"config.train.steps={config.train.steps} is invalid: the run in "
+                              f"workdir={workdir!r} is already at step {int(state.step)}")
         print(f"resuming {workdir} from step {int(state.step)}", flush=True)
     # written once the state is known to fit, so a refused restore leaves the old run intact
     write_run(workdir, config, RunInfo(tuple(source.shape), source.name, source.num_classes,
@@ -101,8 +113,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     checkpointer.wait()
                     checkpointer.close()
                     raise TrainingDiverged(
-                        f"step {done}: the last {streak} steps had a non-finite loss or gradient "
-                        f"(train.max_skipped_steps={max_streak}); stopped without saving, the "
+                        f"step {done}: the last {streak} steps had a non-finite loss, gradient or "
+                        f"update (train.max_skipped_steps={max_streak}); stopped without saving, the "
                         f"newest checkpoint in {checkpointer.directory} is the last good state")
                 window_start, window_steps = _log(
                     done, total, metrics, writer, bar, window_start, window_steps)
@@ -111,11 +123,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 writer.image(done, "samples", grid)
             saved = crossed(config.train.checkpoint_every, before, done) or done == total
             if saved:
-                checkpointer.save(done, state)
+                _save(checkpointer, done, state)
             bar.update(count)
             if signals.received is not None and done != total:
                 if not saved:
-                    checkpointer.save(done, state)
+                    _save(checkpointer, done, state)
                 checkpointer.wait()
                 checkpointer.close()
                 bar.close()
@@ -147,6 +159,18 @@ def _log(done, total, metrics, writer, bar, window_start, window_steps):
     elif metrics.get("skipped"):
         bar.set_postfix(loss=f"{metrics['loss']:.4f}", skipped=int(metrics["skipped"]))
     return time.perf_counter(), 0
+
+
+def _save(checkpointer: Checkpointer, step: int, state) -> None:
+    """Save `state`, which the train step keeps finite; a non-finite one is refused, so that
+    every checkpoint is a good state."""
+    if not bool(all_finite(state)):
+        checkpointer.wait()
+        checkpointer.close()
+        raise TrainingDiverged(f"step {step}: the train state holds non-finite values; not saved, "
+                               f"the newest checkpoint in {checkpointer.directory} is the last "
+                               f"good state")
+    checkpointer.save(step, state)
 
 
 def _training_batches(source: DataSource, start: int, total: int, config):
@@ -196,8 +220,13 @@ class _SignalCatcher:
         return self
 
     def _handle(self, signum, frame):
-        if self.received is not None:  # a second signal: stop at once
-            signal.default_int_handler(signum, frame)
+        if self.received is not None:
+            # A second signal stops at once, without saving and without unwinding (an exception
+            # raised here would surface from whatever Orbax or the prefetch thread is doing).
+            # Checkpoints are atomic, so the workdir still resumes from the newest complete one.
+            print(f"error: a second {signal.Signals(signum).name}: stopped at once without "
+                  f"saving", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
         self.received = signum
 
     def __exit__(self, *exc):

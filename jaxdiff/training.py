@@ -31,7 +31,7 @@ class TrainState(flax.struct.PyTreeNode):
     ema_params: Any
     opt_state: Any
     rng: Array  # raw uint32 key data (`jax.random.key_data`), storable by Orbax
-    skipped: Array = None  # int32: steps whose loss or gradient was not finite (update skipped)
+    skipped: Array = None  # int32: steps whose loss, gradient or update was not finite (skipped)
     skip_streak: Array = None  # int32: consecutive skipped steps up to now
 
 
@@ -80,6 +80,14 @@ def ema_decay_at(step: Array, decay: float, warmup: bool) -> Array:
 def ema_update(ema_params, params, decay: Array):
     """ema <- decay * ema + (1 - decay) * params."""
     return jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), ema_params, params)
+
+
+def all_finite(tree) -> Array:
+    """Whether every floating-point leaf of `tree` is finite (a bool scalar; integer leaves such
+    as step counters are always finite)."""
+    leaves = [jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def create_train_state(params, optimizer: optax.GradientTransformation, key: Array) -> TrainState:
@@ -134,9 +142,10 @@ def train_step(
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay_at(state.step, ema_decay, ema_warmup)
     ema_params = ema_update(state.ema_params, params, decay)
-    # A non-finite loss or gradient skips the whole update (parameters, EMA, optimiser moments);
-    # the step still advances, so the data and noise move on to the next batch.
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A non-finite loss, gradient or update (an optimiser setting that blows the parameters up)
+    # skips the whole update (parameters, EMA, optimiser moments), so the state never holds a
+    # non-finite value; the step still advances, so the data and noise move on to the next batch.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((params, opt_state))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
     new_state = state.replace(
         step=state.step + 1,

@@ -13,16 +13,19 @@
   eval.json, eval_samples.npz, samples.png, trajectory.png, forward.png, guidance.png,
   grids/step_<k>.png   the evaluation's results and pictures
   events.out.tfevents.*  TensorBoard scalars and images
+  train.lock           while train.py runs: "<host> <pid>" of the process that trains here
 
 Only process 0 of a multi-host job writes here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from typing import NamedTuple
+import socket
+from typing import Iterator, NamedTuple
 
 import ml_collections
 
@@ -32,7 +35,7 @@ from jaxdiff.errors import ConfigError
 
 log = logging.getLogger("jaxdiff")
 
-CONFIG_FILE, RUN_FILE, EVAL_FILE = "config.json", "run.json", "eval.json"
+CONFIG_FILE, RUN_FILE, EVAL_FILE, LOCK_FILE = "config.json", "run.json", "eval.json", "train.lock"
 
 # Fields that may change between a run and its resumption: how long to train (with
 # optim.decay="cosine" the learning-rate schedule follows the new length), and fields that do not
@@ -107,11 +110,15 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def config_changes(old: dict, new: dict) -> list[str]:
-    """'field: old -> new' for every field whose value differs (training-relevant ones only)."""
+    """'field: old -> new' for every field whose value differs (training-relevant ones only).
+    A field the old config lacks was added by a later jaxdiff version, which reads its absence
+    as the old behaviour: it is no change."""
     old, new = _flatten(old), _flatten(new)
     changes = []
     for field in sorted(set(old) | set(new)):
         if field.startswith(RESUMABLE_CHANGES) or old.get(field) == new.get(field):
+            continue
+        if field not in old:
             continue
         changes.append(f"{field}: {old.get(field, '(absent)')!r} -> {new.get(field, '(absent)')!r}")
     return changes
@@ -132,3 +139,60 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict, force: bool
     if changes:
         log.warning("workdir %s held a run with a different config (%s); continuing with the "
                     "new one (--force)", workdir, "; ".join(changes))
+
+
+def _lock_holder(path: str) -> tuple[str, int] | None:
+    try:
+        with open(path) as handle:
+            host, pid = handle.read().split()
+        return host, int(pid)
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+    """Hold train.lock in `workdir` for the block (process 0 only), so that two train.py
+    processes never train into one workdir. A lock whose process is gone on this host (a killed
+    run) is stale and taken over with a warning; a live holder is a ConfigError naming it."""
+    if not sharding.is_main_process():
+        yield
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_FILE)
+    host, me = socket.gethostname(), f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is not None and (holder[0] != host or _alive(holder[1])):
+                raise ConfigError(
+                    f"workdir={workdir!r} is in use by train.py process {holder[1]} on "
+                    f"{holder[0]} ({LOCK_FILE}); wait for it, stop it, or use another "
+                    f"--workdir") from None
+            log.warning("taking over the stale %s in %s (%s)", LOCK_FILE, workdir,
+                        f"process {holder[1]} is gone" if holder else "unreadable")
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(me)
+        break
+    else:
+        raise ConfigError(f"workdir={workdir!r}: cannot take {LOCK_FILE}")
+    try:
+        yield
+    finally:
+        if _lock_holder(path) == (host, os.getpid()):
+            os.remove(path)

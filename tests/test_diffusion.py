@@ -12,34 +12,20 @@ import pytest
 
 import jaxdiff
 
-OBJECTIVES = ("pred_noise", "pred_x0", "pred_v")
+import oracles
+from oracles import OBJECTIVES, per_example
+
 SHAPES = [(6, 3), (6, 4, 5, 2)]
-
-
-def reference_schedule(kind, T):
-    """float64 (betas, abar) from the papers: linear (Ho et al.) or cosine (Nichol & Dhariwal)."""
-    if kind == "linear":
-        betas = np.linspace(1e-4 * 1000 / T, 0.02 * 1000 / T, T)
-    else:
-        t = np.linspace(0, T, T + 1) / T
-        f = np.cos((t + 0.008) / 1.008 * np.pi / 2) ** 2
-        betas = np.clip(1 - f[1:] / f[:-1], 0, 0.999)
-    return betas, np.cumprod(1 - betas)
-
-
 CASES = [("linear", 1000), ("cosine", 100)]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}{c[1]}")
 def case(request):
+    """(schedule, float64 betas, float64 abar) of a linear (Ho et al.) or cosine (Nichol &
+    Dhariwal) schedule."""
     kind, T = request.param
-    betas, abar = reference_schedule(kind, T)
-    return jaxdiff.make_schedule(kind, timesteps=T), betas, abar
-
-
-def per_example(values, ndim):
-    """[B] -> [B, 1, ..., 1] (explicit: the session raises on implicit rank promotion)."""
-    return np.asarray(values).reshape((-1,) + (1,) * (ndim - 1))
+    table = oracles.schedule(kind, T)
+    return jaxdiff.make_schedule(kind, timesteps=T), table["betas"], table["alphas_cumprod"]
 
 
 def times_for(T, batch):
@@ -58,14 +44,13 @@ def test_q_sample_matches_closed_form(case, shape):
     x0, noise = draw(shape, 0)
     t = times_for(s.timesteps, shape[0])
     a = per_example(abar[t], len(shape))
-    expected = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
+    expected = oracles.q_sample(a, x0, noise)
     got = jaxdiff.q_sample(s, jnp.asarray(x0, jnp.float32), jnp.asarray(t), jnp.asarray(noise, jnp.float32))
     assert got.shape == shape and got.dtype == jnp.float32
     # |x_t| ~ 1-4 and the coefficients are float32-rounded: absolute error ~1e-6
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-6)
     # each example really uses its own t (a shared t would fail this for the t = 0 row)
-    np.testing.assert_allclose(got[0], np.sqrt(abar[0]) * x0[0] + np.sqrt(1 - abar[0]) * noise[0],
-                               atol=2e-6)
+    np.testing.assert_allclose(got[0], oracles.q_sample(abar[0], x0[0], noise[0]), atol=2e-6)
 
 
 def test_q_sample_works_under_jit_and_with_the_schedule_as_argument(case):
@@ -74,7 +59,7 @@ def test_q_sample_works_under_jit_and_with_the_schedule_as_argument(case):
     t = np.array([0, 5, s.timesteps - 1], np.int32)
     got = jax.jit(jaxdiff.q_sample)(s, jnp.asarray(x0, jnp.float32), t, jnp.asarray(noise, jnp.float32))
     a = per_example(abar[t], 4)
-    np.testing.assert_allclose(got, np.sqrt(a) * x0 + np.sqrt(1 - a) * noise, rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(got, oracles.q_sample(a, x0, noise), rtol=1e-5, atol=2e-6)
 
 
 def test_rank_promotion_is_an_error_in_this_session():
@@ -90,7 +75,7 @@ def test_predict_v_matches_closed_form(case, shape):
     t = times_for(s.timesteps, shape[0])
     a = per_example(abar[t], len(shape))
     got = jaxdiff.predict_v(s, jnp.asarray(x0, jnp.float32), t, jnp.asarray(eps, jnp.float32))
-    np.testing.assert_allclose(got, np.sqrt(a) * eps - np.sqrt(1 - a) * x0, rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(got, oracles.target("pred_v", x0, eps, a), rtol=1e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -105,7 +90,7 @@ def test_round_trips(case, shape):
     x0, eps = draw(shape, 3)
     t = times_for(s.timesteps, shape[0])
     a = per_example(abar[t], len(shape))
-    x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * eps  # float64
+    x_t = oracles.q_sample(a, x0, eps)  # float64
     f32 = lambda z: jnp.asarray(z, jnp.float32)  # noqa: E731
     ulp = 2e-7  # a few float32 roundings of O(1) values
 
@@ -122,7 +107,7 @@ def test_round_trips(case, shape):
     assert (np.abs(np.asarray(back, np.float64) - eps) <= 2 * scale_eps + 1e-5).all()
 
     # v is well conditioned everywhere: both coefficients are <= 1
-    v = np.sqrt(a) * eps - np.sqrt(1 - a) * x0
+    v = oracles.target("pred_v", x0, eps, a)
     np.testing.assert_allclose(jaxdiff.predict_x0_from_v(s, f32(x_t), t, f32(v)), x0, atol=5e-6)
     np.testing.assert_allclose(jaxdiff.predict_eps_from_v(s, f32(x_t), t, f32(v)), eps, atol=5e-6)
     v_back = jaxdiff.predict_v(s, jaxdiff.predict_x0_from_v(s, f32(x_t), t, f32(v)), t, f32(eps))
@@ -138,9 +123,8 @@ def test_model_predictions_recover_eps_and_x0(case, objective, shape):
     t = np.array([1, 2, s.timesteps // 4, s.timesteps // 2, (3 * s.timesteps) // 4,
                   (9 * s.timesteps) // 10], np.int32)
     a = per_example(abar[t], len(shape))
-    x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * eps
-    output = {"pred_noise": eps, "pred_x0": x0,
-              "pred_v": np.sqrt(a) * eps - np.sqrt(1 - a) * x0}[objective]
+    x_t = oracles.q_sample(a, x0, eps)
+    output = oracles.target(objective, x0, eps, a)
     for clip in (False, True):
         pred = jaxdiff.model_predictions(s, jnp.asarray(output, jnp.float32),
                                          jnp.asarray(x_t, jnp.float32), t, objective, clip_x0=clip)
@@ -193,8 +177,7 @@ def test_target_for(case, objective):
     x0, eps = draw((6, 3), 6)
     t = times_for(s.timesteps, 6)
     a = abar[t][:, None]
-    expected = {"pred_noise": eps, "pred_x0": x0,
-                "pred_v": np.sqrt(a) * eps - np.sqrt(1 - a) * x0}[objective]
+    expected = oracles.target(objective, x0, eps, a)
     got = jaxdiff.target_for(objective, s, jnp.asarray(x0, jnp.float32), t,
                              jnp.asarray(eps, jnp.float32))
     np.testing.assert_allclose(got, expected, atol=2e-6)
@@ -205,17 +188,17 @@ def test_q_posterior_matches_closed_form(case, shape):
     s, betas, abar = case
     x0, x_t = draw(shape, 7)
     t = times_for(s.timesteps, shape[0])
-    abar_prev = np.concatenate([[1.0], abar[:-1]])
-    b, a, ap = (per_example(v[t], len(shape)) for v in (betas, abar, abar_prev))
-    mean = b * np.sqrt(ap) / (1 - a) * x0 + (1 - ap) * np.sqrt(1 - b) / (1 - a) * x_t
-    variance = b * (1 - ap) / (1 - a)
+    table = {name: per_example(values[t], len(shape))
+             for name, values in oracles.tables(betas).items()}
+    mean = table["posterior_mean_coef1"] * x0 + table["posterior_mean_coef2"] * x_t
+    variance = table["posterior_variance"]
     mean_got, var_got, log_var_got = jaxdiff.q_posterior(
         s, jnp.asarray(x0, jnp.float32), jnp.asarray(x_t, jnp.float32), t)
     assert mean_got.shape == shape
     assert var_got.shape == log_var_got.shape == (shape[0],) + (1,) * (len(shape) - 1)
     np.testing.assert_allclose(mean_got, mean, rtol=1e-5, atol=2e-6)
     np.testing.assert_allclose(var_got, variance, rtol=1e-5, atol=1e-30)
-    np.testing.assert_allclose(log_var_got, np.log(np.maximum(variance, 1e-20)), rtol=1e-5)
+    np.testing.assert_allclose(log_var_got, table["posterior_log_variance_clipped"], rtol=1e-5)
     assert var_got[0].item() == 0.0  # t = 0: q(x_{-1} | x_0, x0) is a point mass at x0
     np.testing.assert_allclose(mean_got[0], x0[0], atol=2e-6)
 

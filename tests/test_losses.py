@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 
 import jaxdiff
+from jaxdiff import losses
+
+import oracles
+from helpers import label_model
+from oracles import OBJECTIVES, per_example
 
 T = 50
-OBJECTIVES = ("pred_noise", "pred_x0", "pred_v")
 
 
 @pytest.fixture(scope="module")
@@ -22,23 +26,11 @@ def s():
     return jaxdiff.make_schedule("linear", timesteps=T)
 
 
-def abar64(timesteps=T):
-    betas = np.linspace(1e-4 * 1000 / timesteps, 0.02 * 1000 / timesteps, timesteps)
-    return np.cumprod(1 - betas)
-
-
-def per_example(values, ndim):
-    return np.asarray(values).reshape((-1,) + (1,) * (ndim - 1))
-
-
-def target64(objective, x0, noise, a):
-    return {"pred_noise": noise, "pred_x0": x0,
-            "pred_v": np.sqrt(a) * noise - np.sqrt(1 - a) * x0}[objective]
+ABAR = oracles.alphas_cumprod("linear", T)
 
 
 def weights64(objective, weighting, t, gamma=5.0):
-    snr = abar64() / (1 - abar64())
-    snr = snr[t]
+    snr = oracles.schedule("linear", T)["snr"][t]
     if weighting == "none":
         return np.ones_like(snr)
     c = np.minimum(snr, gamma) if weighting == "min_snr" else snr
@@ -60,9 +52,9 @@ def batch(shape, seed=0):
 def test_loss_equals_independent_error(s, objective, loss_type, shape):
     """A linear toy model out = 0.7 x_t + 0.1: the loss is mean |out - target|^p per example."""
     x0, noise, t = batch(shape)
-    a = per_example(abar64()[t], len(shape))
-    x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
-    error = 0.7 * x_t + 0.1 - target64(objective, x0, noise, a)
+    a = per_example(ABAR[t], len(shape))
+    x_t = oracles.q_sample(a, x0, noise)
+    error = 0.7 * x_t + 0.1 - oracles.target(objective, x0, noise, a)
     pointwise = error**2 if loss_type == "l2" else np.abs(error)
     expected = pointwise.reshape(shape[0], -1).mean(axis=1)
     model = lambda x, tt: 0.7 * x + 0.1  # noqa: E731
@@ -79,11 +71,11 @@ def test_loss_equals_independent_error(s, objective, loss_type, shape):
 @pytest.mark.parametrize("weighting", ["none", "min_snr", "eps"])
 def test_weighted_loss(s, objective, weighting):
     x0, noise, t = batch((8, 2), seed=1)
-    a = abar64()[t][:, None]
-    x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
+    a = ABAR[t][:, None]
+    x_t = oracles.q_sample(a, x0, noise)
     W = np.array([[0.5, -0.2], [0.3, 0.9]])
     out = x_t @ W
-    mse = ((out - target64(objective, x0, noise, a)) ** 2).mean(axis=1)
+    mse = ((out - oracles.target(objective, x0, noise, a)) ** 2).mean(axis=1)
     expected = weights64(objective, weighting, t) * mse
     model = lambda x, tt: x @ jnp.asarray(W, jnp.float32)  # noqa: E731
     loss, per_ex = jaxdiff.diffusion_loss(model, s, jnp.asarray(x0, jnp.float32), jax.random.key(1),
@@ -106,7 +98,7 @@ def test_loss_weights_match_float64(s, objective, weighting, gamma):
 def test_min_snr_gamma_actually_clips(s):
     """snr spans both sides of gamma = 5 on this schedule, so min_snr differs from both "none"
     and "eps" somewhere (or the weighting tests above could not tell them apart)."""
-    snr = abar64() / (1 - abar64())
+    snr = oracles.schedule("linear", T)["snr"]
     assert snr.max() > 5 > snr.min()
     t = jnp.arange(T, dtype=jnp.int32)
     min_snr = np.asarray(jaxdiff.loss_weights(s, t, "pred_x0", "min_snr"))
@@ -120,12 +112,12 @@ def test_eps_weighting_makes_every_objective_the_eps_mse(s):
     follows from x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, checked here through the code)."""
     x0, noise, t = batch((6, 2), seed=2)
     t[:2] = [1, 5]  # avoid t = T - 1 where eps -> x0 is ill-conditioned in float32
-    a = abar64()[t][:, None]
-    x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
+    a = ABAR[t][:, None]
+    x_t = oracles.q_sample(a, x0, noise)
     eps_hat = np.random.default_rng(3).normal(size=x0.shape)
     x0_hat = (x_t - np.sqrt(1 - a) * eps_hat) / np.sqrt(a)
-    outputs = {"pred_noise": eps_hat, "pred_x0": x0_hat,
-               "pred_v": np.sqrt(a) * eps_hat - np.sqrt(1 - a) * x0_hat}
+    outputs = {objective: oracles.target(objective, x0_hat, eps_hat, a)
+               for objective in OBJECTIVES}
     expected = ((eps_hat - noise) ** 2).mean(axis=1)
     for objective, output in outputs.items():
         model = lambda x, tt, out=output: jnp.asarray(out, jnp.float32)  # noqa: E731
@@ -156,7 +148,7 @@ def test_sampled_t_and_noise(s):
     # chi-square with 49 degrees of freedom: mean 49, sd ~9.9; 5 sd above the mean
     assert chi2 < 49 + 5 * np.sqrt(2 * 49), chi2
     # with x0 = 0, x_t = sqrt(1 - abar_t) eps: eps = x_t / sqrt(1 - abar_t) is standard normal
-    eps = np.concatenate(seen_x_t)[:, 0] / np.sqrt(1 - abar64()[t])
+    eps = np.concatenate(seen_x_t)[:, 0] / np.sqrt(1 - ABAR[t])
     assert abs(eps.mean()) < 5 / np.sqrt(len(eps))
     assert abs(eps.std() - 1) < 5 / np.sqrt(2 * len(eps))
     # different keys give different draws
@@ -167,8 +159,8 @@ def test_loss_is_differentiable(s):
     """jax.grad through the loss (a jitted one too) equals the hand-derived gradient of
     mean((w x_t + c - eps)^2) with respect to (w, c)."""
     x0, noise, t = batch((6, 3), seed=4)
-    a = abar64()[t][:, None]
-    x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
+    a = ABAR[t][:, None]
+    x_t = oracles.q_sample(a, x0, noise)
     w, c = 0.4, -0.2
     residual = w * x_t + c - noise
     expected = {"w": np.mean(2 * residual * x_t), "c": np.mean(2 * residual)}
@@ -210,8 +202,8 @@ def sc_batch():
     rng = np.random.default_rng(5)
     x0 = rng.uniform(-1, 1, size=(4, 3))
     noise = rng.normal(size=(4, 3))
-    a = abar64()[SC_T][:, None]
-    x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * noise
+    a = ABAR[SC_T][:, None]
+    x_t = oracles.q_sample(a, x0, noise)
     # the model's x0 prediction from a zero self-condition: eps_hat = W x_t
     x0_hat = (x_t - np.sqrt(1 - a) * W * x_t) / np.sqrt(a)
     return x0, noise, x_t, x0_hat
@@ -289,7 +281,7 @@ def test_no_gradient_flows_through_the_self_condition(s, self_conditions):
         np.testing.assert_allclose(grads["w"], np.mean(2 * residual * x_t), rtol=1e-4)
         np.testing.assert_allclose(grads["u"], np.mean(2 * residual * sc), rtol=1e-4, atol=1e-7)
     # the alternative (gradient through sc) is measurably different
-    a = abar64()[SC_T][:, None]
+    a = ABAR[SC_T][:, None]
     dsc_dw = -np.sqrt(1 - a) * x_t / np.sqrt(a)
     residual = W * x_t + U * x0_hat - noise
     assert abs(U * np.mean(2 * residual * dsc_dw)) > 1e-2 * abs(np.mean(2 * residual * x_t))
@@ -298,6 +290,80 @@ def test_no_gradient_flows_through_the_self_condition(s, self_conditions):
 def test_self_conditioned_loss_runs_under_jit(s):
     loss = jax.jit(lambda key: sc_loss(s, {"w": W, "u": U}, key))(jax.random.key(3))
     assert np.isfinite(loss)
+
+
+# --- label dropout (classifier-free guidance training, Ho & Salimans 2022) -----------------------
+
+def test_label_dropout_rate_and_kept_labels():
+    labels = jnp.asarray(np.arange(40_000) % 10, jnp.int32)
+    for p in (0.0, 0.15, 0.5, 1.0):
+        out = np.asarray(jax.jit(losses.drop_condition)(
+            {"labels": labels}, {"labels": 10}, jax.random.key(3), p)["labels"])
+        dropped = out == 10
+        assert abs(dropped.mean() - p) <= 5 * np.sqrt(p * (1 - p) / len(out)) + 1e-12, p
+        np.testing.assert_array_equal(out[~dropped], np.asarray(labels)[~dropped])
+
+
+def test_dropout_of_a_vector_condition_drops_whole_rows():
+    """The conditioning path is general: a continuous [B, D] condition is replaced row-wise."""
+    emb = jnp.ones((1000, 4))
+    out = np.asarray(losses.drop_condition({"emb": emb, "labels": jnp.zeros(1000, jnp.int32)},
+                                           {"emb": 0.0}, jax.random.key(0), 0.3)["emb"])
+    rows = out.sum(axis=1)
+    assert set(np.unique(rows)) == {0.0, 4.0}
+    assert abs((rows == 0).mean() - 0.3) < 5 * np.sqrt(0.21 / 1000)
+
+
+def test_cond_drop_schedule_is_the_seeds_decay():
+    schedule = losses.cond_drop_schedule("linear", 0.1, start=1.0, total_steps=500)
+    epochs = 5  # the seed: c_drop_prob = max(0.1, 1 - epoch / epochs), 100 steps per epoch
+    for epoch in range(epochs):
+        assert float(schedule(epoch * 100)) == pytest.approx(max(0.1, 1 - epoch / epochs))
+    assert float(schedule(500)) == pytest.approx(0.1)
+    assert float(losses.cond_drop_schedule("constant", 0.2)(123)) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("objective", ["pred_noise", "pred_x0", "pred_v"])
+def test_loss_drops_labels_for_every_objective_and_self_conditioning(linear30, objective):
+    """A model exact for dropped labels and off by 1 for kept ones: the fraction of zero
+    per-example losses is the dropout rate; the self-conditioning pass sees the same labels."""
+    batch = 4000
+    x0 = jax.random.normal(jax.random.key(0), (batch, 2))
+    noise = jax.random.normal(jax.random.key(1), (batch, 2))
+    t = jax.random.randint(jax.random.key(2), (batch,), 0, linear30.timesteps)
+    abar = oracles.alphas_cumprod("linear", 30)[np.asarray(t)][:, None]
+    target = jnp.asarray(oracles.target(objective, np.asarray(x0, np.float64),
+                                        np.asarray(noise, np.float64), abar), jnp.float32)
+    seen = []
+
+    def model(x, t, labels, x_self_cond):
+        jax.debug.callback(lambda value: seen.append(np.asarray(value)), labels)
+        return target + (labels != 10).astype(jnp.float32)[:, None] + 0.0 * x_self_cond
+
+    for seed in range(8):  # until the self-conditioning pass (probability 1/2) has run
+        seen.clear()
+        _, per_example = jaxdiff.diffusion_loss(
+            model, linear30, x0, jax.random.key(seed), objective=objective, self_condition=True,
+            cond={"labels": jnp.asarray(np.arange(batch) % 10)}, t=t, noise=noise,
+            cond_drop_prob=0.25, null_cond={"labels": 10})
+        jax.effects_barrier()
+        if len(seen) == 2:
+            break
+    assert len(seen) == 2
+    np.testing.assert_array_equal(seen[0], seen[1])
+    per_example = np.asarray(per_example)
+    dropped = per_example < 1e-6
+    np.testing.assert_array_equal(dropped, seen[1] == 10)
+    np.testing.assert_allclose(per_example[~dropped], 1.0, rtol=1e-4)
+    assert abs(dropped.mean() - 0.25) < 5 * np.sqrt(0.25 * 0.75 / batch)
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+def test_loss_dropout_needs_a_null_condition(linear30):
+    with pytest.raises(ValueError, match="cond_drop_prob=0.2 needs null_cond"):
+        jaxdiff.diffusion_loss(label_model, linear30, jnp.zeros((2, 2)), jax.random.key(0),
+                               cond={"labels": jnp.array([0, 1])}, cond_drop_prob=0.2)
 
 
 @pytest.mark.parametrize("kwargs,needle", [

@@ -21,6 +21,8 @@ import pytest
 
 import jaxdiff
 
+import oracles
+
 ATTRIBUTES = ("betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
               "sqrt_one_minus_alphas_cumprod", "posterior_variance",
               "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2")
@@ -68,7 +70,7 @@ def test_q_sample():
     t = jnp.array([0, 999], jnp.int32)
     x_t = jaxdiff.q_sample(s, x0, t, noise)
     assert x_t.shape == x0.shape
-    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[[0, 999]]
+    abar = oracles.alphas_cumprod("linear", 1000)[[0, 999]]
     np.testing.assert_allclose(x_t[:, 0, 0, 0], np.sqrt(abar) + 2 * np.sqrt(1 - abar), rtol=1e-6)
 
 

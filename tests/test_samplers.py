@@ -1,12 +1,12 @@
 """DDPM and DDIM samplers against an analytic oracle, plus their mechanics.
 
-Oracle. For Gaussian data x0 ~ N(mu, s^2) (independently per dimension) the exact denoiser is
-linear in x_t:
+Oracle (tests/oracles.py). For Gaussian data x0 ~ N(mu, s^2) (independently per dimension) the
+exact denoiser is linear in x_t:
     E[x0 | x_t] = mu + g_t (x_t - sqrt(abar_t) mu),   g_t = sqrt(abar_t) s^2 / (abar_t s^2 + 1 - abar_t).
 A model_fn returning that prediction (in any objective) makes every sampler step affine in x_t
 plus Gaussian noise, x' = A x + B + sigma z, so the sampler's output is exactly Gaussian with
     m' = A m + B,   v' = A^2 v + sigma^2,   starting from x_T ~ N(0, 1),
-propagated here in float64 from the papers' formulas, independently of jaxdiff's code:
+propagated in float64 from the papers' formulas, independently of jaxdiff's code:
   DDPM  (Ho et al. 2020, eqs. 6-7 and algorithm 2) x_{t-1} = c1_t x0_hat + c2_t x_t + sigma_t z,
         sigma_t^2 = beta~_t ("fixed_small") or beta_t ("fixed_large"), no noise at t = 0.
   DDIM  (Song et al. 2021, eqs. 12 and 16) x_next = sqrt(abar_next) x0_hat + c eps_hat + sigma z,
@@ -26,81 +26,12 @@ import pytest
 import jaxdiff
 from jaxdiff import samplers
 
-OBJECTIVES = ("pred_noise", "pred_x0", "pred_v")
+from oracles import OBJECTIVES, compose, ddim_steps, ddpm_steps, propagate, trailing_times
+
 T = 1000
 MU = np.array([0.3, -0.5])
 SD = np.array([0.5, 0.2])
 N = 100_000  # samples per moment check: 5 standard errors of the std = 1.1% of s
-
-
-# --- float64 reference ---------------------------------------------------------------------------
-
-def linear_schedule64(timesteps):
-    """Ho et al. 2020 betas 1e-4 .. 0.02, scaled by 1000 / T (all T used here are >= 21)."""
-    betas = np.linspace(1e-4 * 1000 / timesteps, 0.02 * 1000 / timesteps, timesteps)
-    return betas, np.cumprod(1.0 - betas)
-
-
-def denoiser64(abar_t, mu, sd):
-    """x0_hat = g x + h: the exact E[x0 | x_t] as (g, h)."""
-    g = np.sqrt(abar_t) * sd**2 / (abar_t * sd**2 + 1.0 - abar_t)
-    return g, mu - g * np.sqrt(abar_t) * mu
-
-
-def ddpm_steps64(variance, mu, sd, timesteps=T):
-    """[(A, B, sigma^2)] of every ancestral step, t = T-1 .. 0."""
-    betas, abar = linear_schedule64(timesteps)
-    abar_prev = np.concatenate([[1.0], abar[:-1]])
-    steps = []
-    for t in range(timesteps - 1, -1, -1):
-        g, h = denoiser64(abar[t], mu, sd)
-        coef1 = betas[t] * np.sqrt(abar_prev[t]) / (1.0 - abar[t])
-        coef2 = (1.0 - abar_prev[t]) * np.sqrt(1.0 - betas[t]) / (1.0 - abar[t])
-        if t == 0:
-            sigma2 = 0.0
-        elif variance == "fixed_small":
-            sigma2 = betas[t] * (1.0 - abar_prev[t]) / (1.0 - abar[t])
-        else:
-            sigma2 = betas[t]
-        steps.append((coef1 * g + coef2, coef1 * h, sigma2 * np.ones_like(mu)))
-    return steps
-
-
-def trailing_times(timesteps, num_steps):
-    """int(linspace(-1, T-1, n+1)) from high to low, in exact integer arithmetic:
-    -1 + T k / n = (T k - n) / n >= 0 for k >= 1 (n <= T), so truncation is floor division."""
-    return [(timesteps * k - num_steps) // num_steps for k in range(num_steps, 0, -1)]
-
-
-def ddim_steps64(times, eta, mu, sd, timesteps=T):
-    """[(A, B, sigma^2)] of DDIM over the visited `times` (descending; the last goes to abar = 1)."""
-    _, abar = linear_schedule64(timesteps)
-    steps = []
-    for i, t in enumerate(times):
-        a, a_next = abar[t], (abar[times[i + 1]] if i + 1 < len(times) else 1.0)
-        g, h = denoiser64(a, mu, sd)
-        eps_A, eps_B = (1.0 - np.sqrt(a) * g) / np.sqrt(1.0 - a), -np.sqrt(a) * h / np.sqrt(1.0 - a)
-        sigma = eta * np.sqrt((1.0 - a_next) / (1.0 - a)) * np.sqrt(1.0 - a / a_next)
-        c = np.sqrt(1.0 - a_next - sigma**2)
-        steps.append((np.sqrt(a_next) * g + c * eps_A, np.sqrt(a_next) * h + c * eps_B,
-                      sigma**2 * np.ones_like(mu)))
-    return steps
-
-
-def propagate(steps, m=0.0, v=1.0):
-    """Mean and variance after the affine-Gaussian steps, from N(m, v)."""
-    for A, B, sigma2 in steps:
-        m, v = A * m + B, A**2 * v + sigma2
-    return m, v
-
-
-def compose(steps):
-    """The deterministic part of the whole chain: out = A x_T + B + noise."""
-    A, B = 1.0, 0.0
-    for a, b, _ in steps:
-        A, B = a * A, a * B + b
-    return A, B
-
 
 _ORACLES = {}
 
@@ -153,10 +84,10 @@ ALL_TIMES = list(range(T - 1, -1, -1))
 
 def exact(name):
     return {
-        "ddpm fixed_small": lambda: propagate(ddpm_steps64("fixed_small", MU, SD)),
-        "ddpm fixed_large": lambda: propagate(ddpm_steps64("fixed_large", MU, SD)),
-        "ddim eta=0": lambda: propagate(ddim_steps64(ALL_TIMES, 0.0, MU, SD)),
-        "ddim eta=1": lambda: propagate(ddim_steps64(ALL_TIMES, 1.0, MU, SD)),
+        "ddpm fixed_small": lambda: propagate(ddpm_steps("fixed_small", MU, SD, T)),
+        "ddpm fixed_large": lambda: propagate(ddpm_steps("fixed_large", MU, SD, T)),
+        "ddim eta=0": lambda: propagate(ddim_steps(ALL_TIMES, 0.0, MU, SD, T)),
+        "ddim eta=1": lambda: propagate(ddim_steps(ALL_TIMES, 1.0, MU, SD, T)),
     }[name]()
 
 
@@ -244,7 +175,7 @@ def test_every_ddpm_step_is_the_posterior_step(s, variance):
                                         clip_x0=False, variance=variance, return_trajectory=True)
     trajectory = np.asarray(trajectory, np.float64)
     assert trajectory.shape == (T + 1, n, 2)
-    steps = ddpm_steps64(variance, MU, SD)
+    steps = ddpm_steps(variance, MU, SD, T)
     residuals = []
     for k, (A, B, sigma2) in enumerate(steps[:-1]):
         residuals.append((trajectory[k + 1] - A * trajectory[k] - B) / np.sqrt(sigma2))
@@ -273,7 +204,7 @@ def test_ddim_eta0_all_steps_matches_the_oracle_and_is_deterministic(s):
     assert_close_to_data(a, "ddim eta=0")
     # sample by sample: the deterministic flow is the composed affine map of x_T (float32 error
     # accumulated over 1000 steps stays ~1e-5)
-    A, B = compose(ddim_steps64(ALL_TIMES, 0.0, MU, SD))
+    A, B = compose(ddim_steps(ALL_TIMES, 0.0, MU, SD, T))
     np.testing.assert_allclose(a, A * np.asarray(x_T, np.float64) + B, atol=2e-4)
 
 
@@ -289,7 +220,7 @@ def test_ddim_eta1_all_steps_has_the_ddpm_distribution(s):
 def test_ddim_few_steps_eta0_and_eta1(s, num_steps):
     times = trailing_times(T, num_steps)
     model = oracle_model("pred_noise", s, MU, SD)
-    moments = {eta: propagate(ddim_steps64(times, eta, MU, SD)) for eta in (0.0, 1.0)}
+    moments = {eta: propagate(ddim_steps(times, eta, MU, SD, T)) for eta in (0.0, 1.0)}
     for eta, (mean, var) in moments.items():
         samples = jaxdiff.ddim_sample(model, s, key=jax.random.key(3), shape=(N, 2),
                                       num_steps=num_steps, eta=eta, clip_x0=False,
@@ -305,7 +236,7 @@ def test_stochastic_ddim_adds_exactly_its_noise(s):
     """Same x_T, two keys: out_1 - out_2 is the difference of the two noise parts only, whose
     variance is twice the eta = 1 variance propagated from a fixed start (v_T = 0)."""
     num_steps = 20
-    steps = ddim_steps64(trailing_times(T, num_steps), 1.0, MU, SD)
+    steps = ddim_steps(trailing_times(T, num_steps), 1.0, MU, SD, T)
     run = functools.partial(jaxdiff.ddim_sample, oracle_model("pred_noise", s, MU, SD), s,
                             shape=(N, 2), num_steps=num_steps, eta=1.0, clip_x0=False,
                             x_T=start_noise(9))
@@ -319,7 +250,7 @@ def test_stochastic_ddim_adds_exactly_its_noise(s):
     # eta = 0.5 gives its own propagated noise variance, which differs from eta = 1's by several
     # standard errors (more noise per step at eta = 1, but it also contracts the earlier noise
     # more: the total is not monotone in eta)
-    steps_half = ddim_steps64(trailing_times(T, num_steps), 0.5, MU, SD)
+    steps_half = ddim_steps(trailing_times(T, num_steps), 0.5, MU, SD, T)
     run_half = functools.partial(run, eta=0.5)
     half = (np.asarray(run_half(key=jax.random.key(3)), np.float64)
             - np.asarray(run_half(key=jax.random.key(4))))
@@ -333,7 +264,7 @@ def test_the_three_objectives_give_the_same_samples(s):
     eta = 0 are the float64 affine map of x_T (the pred_noise oracle divides by sqrt(1 - abar),
     0.01 at t = 0, so float32 rounding is amplified ~100x: tolerance 1e-4)."""
     x_T = start_noise(7)
-    A, B = compose(ddim_steps64(trailing_times(T, 50), 0.0, MU, SD))
+    A, B = compose(ddim_steps(trailing_times(T, 50), 0.0, MU, SD, T))
     expected = A * np.asarray(x_T, np.float64) + B
     outputs = {}
     for objective in OBJECTIVES:
@@ -367,7 +298,7 @@ def test_image_shaped_oracle_trajectory():
                                         objective="pred_x0", clip_x0=False, x_T=x_T,
                                         return_trajectory=True)
     assert trajectory.shape == (num_steps + 1,) + shape
-    steps = ddim_steps64(trailing_times(timesteps, num_steps), 0.0, mu, sd, timesteps=timesteps)
+    steps = ddim_steps(trailing_times(timesteps, num_steps), 0.0, mu, sd, timesteps)
     x_T64 = np.asarray(x_T, np.float64)
     for k in range(num_steps + 1):
         A, B = compose(steps[:k])

@@ -1,6 +1,6 @@
 """Schedule tables against float64 NumPy written from the papers (never from jaxdiff's code).
 
-References:
+The references (tests/oracles.py):
   linear   Ho et al. 2020, sec. 4: beta from 1e-4 to 0.02 over T = 1000, both scaled by 1000 / T
            for other T (as denoising-diffusion-pytorch / improved-diffusion), clipped to 0.999.
   cosine   Nichol & Dhariwal 2021, eq. 17: abar(t) = f(t) / f(0), f(t) = cos((t/T + s)/(1 + s) pi/2)^2.
@@ -15,57 +15,13 @@ import pytest
 
 import jaxdiff
 
+import oracles
+
 KINDS = ("linear", "cosine", "sigmoid")
-MAX_BETA = 0.999
-
-
-def reference_betas(kind, T, **kw):
-    """float64 betas [T] straight from the papers' formulas."""
-    if kind == "linear":
-        scale = 1000.0 / T
-        betas = np.linspace(scale * kw.get("beta_start", 1e-4), scale * kw.get("beta_end", 0.02), T)
-        return np.clip(betas, 0.0, MAX_BETA)
-    t = np.linspace(0, T, T + 1, dtype=np.float64) / T
-    if kind == "cosine":
-        s = kw.get("s", 0.008)
-        abar = np.cos((t + s) / (1 + s) * np.pi / 2) ** 2
-    else:
-        start, end, tau = kw.get("start", -3.0), kw.get("end", 3.0), kw.get("tau", 1.0)
-        sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
-        abar = (-sig((t * (end - start) + start) / tau) + sig(end / tau)) / (
-            sig(end / tau) - sig(start / tau)
-        )
-    abar = abar / abar[0]
-    return np.clip(1.0 - abar[1:] / abar[:-1], 0.0, MAX_BETA)
-
-
-def reference_tables(betas):
-    """Every table of the process with these betas, in float64."""
-    betas = np.asarray(betas, np.float64)
-    alphas = 1.0 - betas
-    abar = np.cumprod(alphas)
-    abar_prev = np.concatenate([[1.0], abar[:-1]])
-    posterior_variance = betas * (1.0 - abar_prev) / (1.0 - abar)
-    return {
-        "betas": betas,
-        "alphas": alphas,
-        "alphas_cumprod": abar,
-        "alphas_cumprod_prev": abar_prev,
-        "sqrt_alphas_cumprod": np.sqrt(abar),
-        "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - abar),
-        "log_one_minus_alphas_cumprod": np.log(1.0 - abar),
-        "sqrt_recip_alphas_cumprod": 1.0 / np.sqrt(abar),
-        "sqrt_recipm1_alphas_cumprod": np.sqrt(1.0 / abar - 1.0),
-        "posterior_variance": posterior_variance,
-        "posterior_log_variance_clipped": np.log(np.maximum(posterior_variance, 1e-20)),
-        "posterior_mean_coef1": betas * np.sqrt(abar_prev) / (1.0 - abar),
-        "posterior_mean_coef2": (1.0 - abar_prev) * np.sqrt(alphas) / (1.0 - abar),
-        "snr": abar / (1.0 - abar),
-    }
-
+MAX_BETA = oracles.MAX_BETA
 
 # DESIGN.md's list plus the extra tables of denoising-diffusion-pytorch.
-TABLES = tuple(reference_tables(np.array([0.1])).keys())
+TABLES = tuple(oracles.tables(np.array([0.1])).keys())
 
 
 def assert_table_close(table, expected, name):
@@ -85,7 +41,7 @@ def test_tables_match_float64_reference(kind, T):
     s = jaxdiff.make_schedule(kind, timesteps=T)
     assert isinstance(s, jaxdiff.Schedule)
     assert s.timesteps == T
-    expected = reference_tables(reference_betas(kind, T))
+    expected = oracles.schedule(kind, T)
     assert set(TABLES) <= set(s._fields)
     for name in TABLES:
         assert_table_close(getattr(s, name), expected[name], name)
@@ -95,8 +51,7 @@ def test_tables_match_float64_reference(kind, T):
 def test_default_timesteps_is_1000(kind):
     s = jaxdiff.make_schedule(kind)
     assert s.timesteps == 1000
-    assert_table_close(s.alphas_cumprod, reference_tables(reference_betas(kind, 1000))[
-        "alphas_cumprod"], "alphas_cumprod")
+    assert_table_close(s.alphas_cumprod, oracles.alphas_cumprod(kind, 1000), "alphas_cumprod")
 
 
 def test_posterior_edge_values():
@@ -150,10 +105,10 @@ def test_cosine_and_sigmoid_betas_are_clipped_to_0999(kind, T):
 ])
 def test_schedule_parameters_are_used(kind, kwargs):
     s = jaxdiff.make_schedule(kind, timesteps=50, **kwargs)
-    expected = reference_tables(reference_betas(kind, 50, **kwargs))
+    expected = oracles.schedule(kind, 50, **kwargs)
     for name in ("betas", "alphas_cumprod", "posterior_variance"):
         assert_table_close(getattr(s, name), expected[name], name)
-    default = reference_tables(reference_betas(kind, 50))["alphas_cumprod"]
+    default = oracles.alphas_cumprod(kind, 50)
     assert np.abs(expected["alphas_cumprod"] - default).max() > 1e-3  # the kwargs matter
 
 
@@ -162,8 +117,8 @@ def test_user_given_betas():
     for given in (betas, list(betas), jnp.asarray(betas)):
         s = jaxdiff.make_schedule(given)
         assert s.timesteps == 4
-        expected = reference_tables(betas if not isinstance(given, jax.Array)
-                                    else np.asarray(given, np.float64))
+        expected = oracles.tables(betas if not isinstance(given, jax.Array)
+                                  else np.asarray(given, np.float64))
         for name in TABLES:
             assert_table_close(getattr(s, name), expected[name], name)
     # hand values: abar = 0.9, 0.72, 0.504, 0.4788
@@ -171,7 +126,7 @@ def test_user_given_betas():
                                [0.9, 0.72, 0.504, 0.4788], rtol=1e-6)
     assert jaxdiff.make_schedule(betas, timesteps=4).timesteps == 4
     s = jaxdiff.schedule_from_betas(betas)
-    assert_table_close(s.snr, reference_tables(betas)["snr"], "snr")
+    assert_table_close(s.snr, oracles.tables(betas)["snr"], "snr")
 
 
 def test_user_betas_timesteps_mismatch_names_both():
@@ -198,7 +153,7 @@ def test_schedule_is_a_pytree_usable_inside_jit():
 
     for kind in KINDS:  # same shapes: one trace, values from the schedule passed in (not baked in)
         sched = jaxdiff.make_schedule(kind, timesteps=50)
-        ref = reference_tables(reference_betas(kind, 50))
+        ref = oracles.schedule(kind, 50)
         value, weighted = read(sched, 10)
         np.testing.assert_allclose(value, ref["alphas_cumprod"][10] * 50, rtol=1e-6)
         np.testing.assert_allclose(weighted, (np.arange(50) * ref["betas"]).sum(), rtol=1e-5)

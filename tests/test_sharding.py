@@ -4,12 +4,10 @@ run. Each check runs in a subprocess because the device count is fixed when JAX 
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import run_script
 
 
 def xla_flags(devices):
@@ -20,9 +18,7 @@ def xla_flags(devices):
 
 def run_check(*arguments, devices=8):
     env = dict(os.environ, XLA_FLAGS=xla_flags(devices))
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "sharding_checks.py"),
-                           *arguments], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=env)
+    done = run_script("tests/sharding_checks.py", *arguments, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -63,14 +59,13 @@ def test_sharded_checkpoint_restores_onto_a_different_device_count(tmp_path, res
 def test_train_script_runs_sharded_with_several_steps_per_call(tmp_path):
     env = dict(os.environ, XLA_FLAGS=xla_flags(4))
     workdir = str(tmp_path / "run")
-    done = subprocess.run(
-        [sys.executable, "train.py", "--config=configs/toy2d.py:quick", f"--workdir={workdir}",
-         "--config.train.steps=40", "--config.train.steps_per_call=5",
-         "--config.train.log_every=10", "--config.train.checkpoint_every=20",
-         "--config.train.batch_size=64", "--config.eval.num_samples=102",
-         "--config.eval.plots=false", "--config.sample.sampler=ddim",
-         "--config.sample.steps=10"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    done = run_script(
+        "train.py", "--config=configs/toy2d.py:quick", f"--workdir={workdir}",
+        "--config.train.steps=40", "--config.train.steps_per_call=5",
+        "--config.train.log_every=10", "--config.train.checkpoint_every=20",
+        "--config.train.batch_size=64", "--config.eval.num_samples=102",
+        "--config.eval.plots=false", "--config.sample.sampler=ddim", "--config.sample.steps=10",
+        env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "step 40:" in done.stdout
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["20", "40"]
@@ -87,18 +82,13 @@ def test_train_script_runs_sharded_with_several_steps_per_call(tmp_path):
         "per_device_max_abs_diff": 0.0, "elementwise_max_abs_diff": 0.0,
         "elementwise_ddpm_max_abs_diff": 0.0}, sampled
     out = str(tmp_path / "samples.npz")
-    script = subprocess.run(
-        [sys.executable, "sample.py", f"--workdir={workdir}", "--num_samples=7", f"--out={out}",
-         "--num_devices=4", "--sampler=ddim", "--steps=5"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    script = run_script("sample.py", f"--workdir={workdir}", "--num_samples=7", f"--out={out}",
+                        "--num_devices=4", "--sampler=ddim", "--steps=5", env=env)
     assert script.returncode == 0, script.stderr[-3000:]
     assert "wrote 7 samples" in script.stdout
-    too_many = subprocess.run(
-        [sys.executable, "sample.py", f"--workdir={workdir}", "--num_devices=5", f"--out={out}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    too_many = run_script("sample.py", f"--workdir={workdir}", "--num_devices=5", f"--out={out}",
+                          env=env)
     assert too_many.returncode == 2 and "--num_devices=5" in too_many.stderr.splitlines()[-1]
-    bad = subprocess.run(
-        [sys.executable, "train.py", "--config=configs/toy2d.py:quick",
-         f"--workdir={tmp_path / 'bad'}", "--config.train.batch_size=30"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    bad = run_script("train.py", "--config=configs/toy2d.py:quick",
+                     f"--workdir={tmp_path / 'bad'}", "--config.train.batch_size=30", env=env)
     assert bad.returncode == 2 and "train.batch_size=30" in bad.stderr.splitlines()[-1]

@@ -1,6 +1,10 @@
 """The one data-source interface (jaxdiff.data.sources): points and images offer the same
 attributes and methods, batches are this process's slice of the global batch, `fresh` returns
-data space, and the codec maps data space to model space and back."""
+data space, the codec maps data space to model space and back, and `prefetch_batches` reads a
+source's batches ahead, a bounded number at a time."""
+
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -8,6 +12,8 @@ import pytest
 from jaxdiff.data import ImageCodec, Standardizer, make_point_source
 from jaxdiff.data.images import ImageSource
 from jaxdiff.data.sources import prefetch_batches
+
+from helpers import indexed_image_source
 
 INTERFACE = ("name", "shape", "num_classes", "size", "codec", "batch", "fresh")
 
@@ -37,7 +43,7 @@ def test_points_and_images_offer_the_same_interface(tmp_path):
         # the codec maps fresh data-space examples to model space like a training batch's
         encoded = source.codec.encode(fresh["x"])
         assert encoded.dtype == np.float32 and encoded.shape == (5,) + source.shape, name
-    assert sources["toy"].size is None and sources["array"].size == 40
+    assert sources["toy"].size is None and sources["array"].size == 36  # 4 of 40 held out
     assert sources["images"].size == 12 and sources["images"].num_classes == 3
     assert sources["toy"].num_classes == 0
     assert isinstance(sources["array"].codec, Standardizer)
@@ -71,16 +77,45 @@ def test_point_codec_round_trip(tmp_path):
     np.testing.assert_allclose(source.codec.decode(z), x, rtol=1e-5, atol=1e-5)
 
 
-def test_image_codec_round_trips_every_level():
-    levels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
-    codec = ImageCodec()
-    x = codec.encode(levels)
-    assert x.min() == -1.0 and x.max() == 1.0
-    np.testing.assert_array_equal(codec.decode(x), levels)
-
-
 def test_prefetch_over_a_point_source_gives_its_batches():
     source = make_point_source("moons", seed=0, num_fit=100)
     got = list(prefetch_batches(source, range(2, 6), 8, size=2))
     for step, batch in zip(range(2, 6), got):
         np.testing.assert_array_equal(batch["x"], source.batch(step, 8)["x"])
+
+
+def test_prefetch_yields_the_batches_of_batch_step():
+    source = indexed_image_source(24, seed=8, random_flip=True)
+    reference = indexed_image_source(24, seed=8, random_flip=True)
+    got = list(prefetch_batches(source, range(3, 11), 8, size=2))
+    assert len(got) == 8
+    for step, batch in zip(range(3, 11), got):
+        expected = reference.batch(step, 8)
+        np.testing.assert_array_equal(batch["x"], expected["x"])
+        np.testing.assert_array_equal(batch["labels"], expected["labels"])
+
+
+def test_prefetch_reads_at_most_size_batches_ahead():
+    source = indexed_image_source(24)
+    read = []
+    lock = threading.Lock()
+
+    class Counting:
+        def batch(self, step, batch_size):
+            with lock:
+                read.append(step)
+            return source.batch(step, batch_size)
+
+    batches = prefetch_batches(Counting(), range(1000), 4, size=2)
+    next(batches)
+    deadline = time.monotonic() + 5
+    while len(read) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # room for a runaway reader to show itself
+    assert read == [0, 1, 2]  # the one handed out and two waiting
+    next(batches)
+    deadline = time.monotonic() + 5
+    while len(read) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert read == [0, 1, 2, 3]
+    batches.close()

@@ -16,6 +16,7 @@ from jaxdiff.data.toy2d import check_toy2d_name, sample_toy2d
 # key such as [seed, step, 1] would not be a safe way to tell the streams apart.)
 _FIT_STREAM = 2**31 - 1
 _FRESH_STREAM = 2**31 - 2
+_HOLDOUT_STREAM = 2**31 - 3
 
 
 def _check_count(name: str, value, minimum: int) -> int:
@@ -31,17 +32,20 @@ class PointSource:
     in shuffled epochs: epoch e is the permutation default_rng([seed, e]).permutation(N), and
     batch k holds the examples at global positions k B ... (k + 1) B - 1 of the concatenated
     epochs, so every example appears exactly once per epoch and a batch may straddle two.
-    Build it with `make_point_source`.
+    `held_out` (arrays) are the rows evaluation draws from, never trained on. Build it with
+    `make_point_source`.
     """
 
     num_classes = 0
 
     def __init__(self, name: str, *, array: np.ndarray | None, noise: float | None, seed: int,
-                 num_fit: int, process_index: int = 0, process_count: int = 1):
+                 num_fit: int, held_out: np.ndarray | None = None, process_index: int = 0,
+                 process_count: int = 1):
         self.name = name
         self.noise = noise
         self.seed = seed
         self.array = array
+        self.held_out = held_out
         self.process_index, self.process_count = process_index, process_count
         fit_data = array if array is not None else self._toy(num_fit, [seed, _FIT_STREAM])
         self.dim: int = fit_data.shape[1]
@@ -89,30 +93,63 @@ class PointSource:
 
     def fresh(self, n: int, seed: int) -> dict[str, np.ndarray]:
         """{"x": n points in data space (not standardised)} for evaluation: a new toy draw, or
-        for an array a uniformly random subset, drawn with replacement only when n exceeds N."""
+        for an array a uniformly random subset of the held-out rows (of the training rows when
+        there are none), drawn with replacement only when n exceeds their number."""
         n = _check_count("n", n, 1)
         seed = _check_count("seed", seed, 0)
         if self.array is None:
             return {"x": self._toy(n, [seed, _FRESH_STREAM])}
+        rows = self.array if self.held_out is None else self.held_out
         rng = np.random.default_rng([seed, _FRESH_STREAM])
-        return {"x": self.array[rng.choice(len(self.array), n, replace=n > len(self.array))]}
+        return {"x": rows[rng.choice(len(rows), n, replace=n > len(rows))]}
+
+
+def split_holdout(array: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows): round(fraction N) rows, at least 1 and at most N - 1,
+    chosen by default_rng([seed, 2**31 - 3]); the training rows keep their order."""
+    count = len(array)
+    if count < 2:
+        raise ValueError(f"the array holds {count} row(s): at least 2 are needed, one to train "
+                         f"on and one held out for evaluation")
+    if not 0 < fraction < 1:
+        raise ValueError(f"data.holdout={fraction!r} is invalid: a fraction in (0, 1)")
+    held = min(count - 1, max(1, round(fraction * count)))
+    order = np.random.default_rng([seed, _HOLDOUT_STREAM]).permutation(count)
+    return array[np.sort(order[held:])], array[order[:held]]
 
 
 def make_point_source(name: str, *, path: str | None = None, noise: float | None = None,
-                      seed: int = 0, num_fit: int = 100_000, process_index: int = 0,
+                      seed: int = 0, num_fit: int = 100_000, holdout: float | None = 0.1,
+                      eval_path: str | None = None, process_index: int = 0,
                       process_count: int = 1) -> PointSource:
     """A toy set by name (see TOY2D_NAMES), or name="array" with `path` to a .npy/.npz file of
-    shape [N, D]. The standardiser is fit on the whole array, or on `num_fit` toy points from
-    default_rng([seed, 2**31 - 1]). `noise` (None: the set's default) applies to toy sets only;
-    `path` to arrays only."""
+    shape [N, D]. An array's evaluation draws come from `eval_path` (another [M, D] file) when
+    given, else from a `holdout` fraction of its rows that training never sees (None: no rows
+    held out, evaluation draws from the training rows, as runs written before jaxdiff 0.2 did;
+    a config without data.holdout is such a run). The standardiser
+    is fit on the training rows, or on `num_fit` toy points from default_rng([seed, 2**31 - 1]).
+    `noise` (None: the set's default) applies to toy sets only; the paths to arrays only."""
     seed = _check_count("seed", seed, 0)
+    split = dict(process_index=process_index, process_count=process_count)
     if name == "array":
         if not path:
             raise ValueError(f"data.path={path!r} is empty; data.name='array' needs a .npy or "
                              f".npz file of shape [N, D]")
-        return PointSource(name, array=load_array(path), noise=None, seed=seed, num_fit=0,
-                           process_index=process_index, process_count=process_count)
+        array = load_array(path)
+        if eval_path:
+            held_out = load_array(eval_path)
+            if held_out.shape[1:] != array.shape[1:]:
+                raise ValueError(f"data.eval_path={eval_path!r} holds rows of shape "
+                                 f"{held_out.shape[1:]}, data.path {array.shape[1:]}")
+        elif holdout is None:
+            held_out = None
+        else:
+            try:
+                array, held_out = split_holdout(array, holdout, seed)
+            except ValueError as error:
+                raise ValueError(f"data.path={path!r}: {error}") from None
+        return PointSource(name, array=array, noise=None, seed=seed, num_fit=0,
+                           held_out=held_out, **split)
     check_toy2d_name(name)
     num_fit = _check_count("num_fit", num_fit, 2)
-    return PointSource(name, array=None, noise=noise, seed=seed, num_fit=num_fit,
-                       process_index=process_index, process_count=process_count)
+    return PointSource(name, array=None, noise=noise, seed=seed, num_fit=num_fit, **split)

@@ -50,7 +50,9 @@ def open_source(config) -> DataSource:
             from jaxdiff.data.points import make_point_source
 
             noise = None if data.noise < 0 else float(data.noise)
-            source = make_point_source(data.name, path=data.path or None, noise=noise, **common)
+            source = make_point_source(data.name, path=data.path or None, noise=noise,
+                                       holdout=data.get("holdout"),
+                                       eval_path=data.get("eval_path") or None, **common)
         else:
             from jaxdiff.data.images import make_folder_source, make_tfds_source
 

@@ -1,0 +1,119 @@
+"""train.py's function, `train_and_evaluate(config, workdir)`, end to end on tiny runs: the files
+it writes, checkpoint / resume to the exact parameters of an uninterrupted run, array files, and
+a run stopped by consecutive non-finite steps."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.errors import ConfigError, TrainingDiverged
+from jaxdiff.run import load_run
+from jaxdiff.train_loop import train_and_evaluate
+
+from helpers import assert_trees_equal, tiny_toy_config
+
+
+def test_train_checkpoint_restore_and_resume(tmp_path):
+    workdir = str(tmp_path / "run")
+    config = tiny_toy_config(**{"eval.plots": True})
+    report = train_and_evaluate(config, workdir)
+    assert report["step"] == 12
+    assert np.isfinite(report["swd"]) and report["swd_floor"] > 0
+    for name in ("config.json", "run.json", "eval.json", "samples.png", "trajectory.png",
+                 "forward.png"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(workdir))
+    checkpoints = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
+                         if d.isdigit())
+    assert checkpoints[-1] == 12 and 10 in checkpoints
+
+    run = load_run(workdir)
+    assert run.step == 12
+    samples = run.sample(50, seed=3)
+    assert samples.shape == (50, 2) and np.isfinite(samples).all()
+
+    # Resume: more steps in the same workdir continue from 12, not from 0.
+    longer = tiny_toy_config(**{"train.steps": 17})
+    report = train_and_evaluate(longer, workdir)
+    assert report["step"] == 17
+    assert load_run(workdir).step == 17
+
+
+def test_resumed_run_matches_uninterrupted_run(toy_run, tmp_path):
+    """Drop the newer checkpoints of a finished run (as if it had died after step 5) and rerun
+    the same command: it resumes at 5 and ends with the uninterrupted run's exact parameters."""
+    resumed = str(tmp_path / "b")
+    shutil.copytree(toy_run, resumed)
+    for step in ("10", "12"):
+        shutil.rmtree(os.path.join(resumed, "checkpoints", step))
+    assert load_run(resumed).step == 5
+    train_and_evaluate(tiny_toy_config(), resumed)
+    a, b = load_run(toy_run), load_run(resumed)
+    assert a.step == b.step == 12
+    assert_trees_equal(a.params, b.params)
+
+
+def test_array_source_trains_on_a_file(tmp_path):
+    data = np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32) * [1, 2, 3] + 5
+    path = tmp_path / "points.npy"
+    np.save(path, data)
+    workdir = str(tmp_path / "run")
+    report = train_and_evaluate(tiny_toy_config(**{"data.name": "array", "data.path": str(path)}),
+                                workdir)
+    assert report["step"] == 12
+    run = load_run(workdir)
+    assert run.data_shape == (3,)
+    samples = run.sample(100)
+    assert samples.shape == (100, 3) and np.isfinite(samples).all()
+    # the statistics that map samples back to data space are those of the file's training rows
+    # (data.holdout = 0.1 of them are held out for the evaluation)
+    from jaxdiff.data.points import split_holdout
+
+    train, _ = split_holdout(data, 0.1, seed=0)
+    assert len(train) == 270
+    np.testing.assert_allclose(run.standardizer.mean, train.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(run.standardizer.std, train.std(0), rtol=1e-5)
+
+
+def test_bad_array_files_name_the_path(tmp_path):
+    missing = str(tmp_path / "missing.npy")
+    malformed = tmp_path / "bad.npy"
+    malformed.write_bytes(b"not a numpy file")
+    for path in (missing, str(malformed)):
+        config = tiny_toy_config(**{"data.name": "array", "data.path": path})
+        with pytest.raises(ConfigError, match="data.path"):
+            train_and_evaluate(config, str(tmp_path / "run"))
+
+
+def test_config_json_round_trips(toy_run):
+    with open(os.path.join(toy_run, "config.json")) as handle:
+        assert json.load(handle)["data"]["name"] == "butterfly"
+
+
+def test_consecutive_non_finite_steps_stop_training_with_the_last_good_checkpoint(tmp_path,
+                                                                                monkeypatch):
+    from jaxdiff import train_loop
+
+    clean = train_loop._training_batches
+
+    def nan_after_step_6(source, start, total, config):
+        for step, batch in enumerate(clean(source, start, total, config), start):
+            yield {"x": np.full_like(batch["x"], np.nan)} if step >= 6 else batch
+
+    monkeypatch.setattr(train_loop, "_training_batches", nan_after_step_6)
+    workdir = str(tmp_path / "run")
+    config = tiny_toy_config(**{"train.steps": 40, "train.log_every": 2,
+                                "train.max_skipped_steps": 4})
+    with pytest.raises(TrainingDiverged, match="train.max_skipped_steps=4"):
+        train_and_evaluate(config, workdir)
+    checkpointer = Checkpointer(workdir)
+    steps = checkpointer.all_steps()
+    checkpointer.close()
+    assert steps and max(steps) <= 10
+    run = load_run(workdir)
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(run.params))

@@ -1,0 +1,65 @@
+"""The train step (jaxdiff.training): the label-dropout schedule evaluated inside the compiled
+step, and non-finite batches skipped without touching the state."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxdiff
+from jaxdiff import losses
+from jaxdiff.models import MLPDenoiser
+from jaxdiff.training import create_train_state, make_optimizer, make_train_step
+
+from helpers import assert_trees_equal
+
+
+def test_train_step_evaluates_the_dropout_schedule_once_compiled():
+    model = MLPDenoiser(hidden=8, depth=1, time_dim=8, num_classes=3)
+    x = jnp.zeros((16, 2))
+    params = model.init(jax.random.key(0), x, jnp.zeros((16,), jnp.int32))
+    optimizer = make_optimizer(1e-3)
+    state = create_train_state(params, optimizer, jax.random.key(1))
+    schedule = losses.cond_drop_schedule("linear", 0.1, start=1.0, total_steps=4)
+    step = make_train_step(model.apply, optimizer, jaxdiff.make_schedule("linear", 20),
+                           loss_kwargs=dict(cond_drop_prob=schedule, null_cond={"labels": 3}),
+                           ema_decay=0.9)
+    batch = {"x": np.ones((16, 2), np.float32), "labels": np.arange(16, dtype=np.int32) % 3}
+    probabilities = []
+    for _ in range(4):
+        state, metrics = step(state, batch)
+        probabilities.append(float(metrics["cond_drop_prob"]))
+    np.testing.assert_allclose(probabilities, [1.0, 0.75, 0.5, 0.25], rtol=1e-6)
+    assert step._cache_size() == 1
+
+
+def _toy_step():
+    schedule = jaxdiff.make_schedule("linear", timesteps=10)
+    optimizer = make_optimizer(1e-2)
+
+    def apply_fn(params, x, t, train=False, rngs=None):
+        return x * params["w"][None, :] + params["b"][None, :]
+
+    params = {"w": jnp.ones((2,)), "b": jnp.zeros((2,))}
+    state = create_train_state(params, optimizer, jax.random.key(0))
+    step = make_train_step(apply_fn, optimizer, schedule, loss_kwargs={}, ema_decay=0.9)
+    return state, step
+
+
+def test_non_finite_batch_skips_the_update_and_counts_it():
+    state, step = _toy_step()
+    good = {"x": jnp.ones((8, 2))}
+    bad = {"x": jnp.full((8, 2), jnp.nan)}
+    state, _ = step(state, good)
+    before = jax.device_get(state)
+    state, metrics = step(state, bad)
+    after = jax.device_get(state)
+    assert int(after.step) == 2 and int(after.skipped) == 1 and int(after.skip_streak) == 1
+    assert float(metrics["skipped"]) == 1.0
+    assert_trees_equal(after.params, before.params)
+    assert_trees_equal(after.ema_params, before.ema_params)
+    assert_trees_equal(after.opt_state, before.opt_state)
+    state, _ = step(state, bad)
+    assert int(state.skip_streak) == 2
+    state, _ = step(state, good)
+    assert int(state.skipped) == 2 and int(state.skip_streak) == 0
+    assert np.all(np.isfinite(jax.device_get(state.params)["w"]))
