@@ -33,10 +33,12 @@ class Checkpointer:
     def __init__(self, workdir: str, *, max_to_keep: int = 3, read_only: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.read_only = read_only
-        self._manager = None
-        if not read_only:
-            options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._max_to_keep = max_to_keep
+        self._manager = None if read_only else self._open_manager()
+
+    def _open_manager(self) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True)
+        return ocp.CheckpointManager(self.directory, options=options)
 
     def all_steps(self) -> list[int]:
         """The steps of the step directories (integer names), ascending. Orbax's temporary
@@ -54,10 +56,22 @@ class Checkpointer:
         if self._manager is None:
             raise CheckpointError(f"{self.directory} is opened read-only")
         if not os.path.isdir(self.directory):  # deleted under a running job: start it again
-            os.makedirs(self.directory, exist_ok=True)
-            self._manager.reload()
-            logger.warning("%s had been deleted; recreated it", self.directory)
-        self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
+            try:  # a save still in flight when the directory went is lost with it
+                self._manager.wait_until_finished()
+                self._manager.close()
+            except Exception as error:  # noqa: BLE001 - whatever the lost save raises
+                logger.warning("a checkpoint save was lost with the deleted %s (%s)",
+                               self.directory, error_summary(error))
+            self._manager = self._open_manager()
+            logger.warning("%s had been deleted; recreated it, saving step %d", self.directory,
+                           int(step))
+        try:
+            self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
+        except Exception as error:  # noqa: BLE001 - e.g. an earlier save lost with its files
+            logger.warning("saving step %d failed (%s); retrying once with a new checkpoint "
+                           "manager", int(step), error_summary(error))
+            self._manager = self._open_manager()
+            self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
 
     def restore(self, abstract: Any, step: int | None = None) -> Any:
         """Restore `step` (default: the newest) onto the structure, dtypes and shardings of

@@ -1,8 +1,12 @@
 """Configs (jaxdiff.config): the shipped class-conditional configs validate and build, and
 `validate_config` names the offending field of a bad one."""
 
+import functools
+import re
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -10,8 +14,13 @@ from jaxdiff.config import validate_config
 from jaxdiff.errors import ConfigError
 from jaxdiff.models import build_model
 from jaxdiff.train_loop import prepare
-from jaxdiff.training import (build_optimizer, build_schedule, init_train_state, loss_kwargs,
-                              make_train_step)
+from jaxdiff.training import (
+    build_optimizer,
+    build_schedule,
+    init_train_state,
+    loss_kwargs,
+    make_train_step,
+)
 
 from helpers import load_config, one_line, set_fields
 
@@ -100,3 +109,56 @@ def test_image_size_must_survive_the_unet_downsampling():
     with pytest.raises(ConfigError) as error:
         prepare(config)
     assert "data.image_size=6" in one_line(error)
+
+
+def _numeric_fields(config, prefix=""):
+    """(field, value) of every int / float field of `config` (not bools)."""
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _numeric_fields(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f"{prefix}{key}", value
+
+
+_BAD_NUMBERS = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "text": "1e-3",
+                "bool": True, "list": [1]}
+
+
+@pytest.mark.parametrize("config_name", ["toy2d", "digits"])
+def test_every_numeric_field_refuses_non_finite_and_wrong_types(config_name):
+    """Every number of the default configs: NaN, +-inf, a string, a bool and a list are each a
+    ConfigError naming the field (no config value may silently poison a run)."""
+    fields = list(_numeric_fields(load_config(config_name)))
+    assert len(fields) >= 25
+    for field, _ in fields:
+        for bad in _BAD_NUMBERS.values():
+            tree = load_config(config_name).to_dict()
+            *sections, name = field.split(".")
+            functools.reduce(lambda node, key: node[key], sections, tree)[name] = bad
+            with pytest.raises(ConfigError, match=re.escape(f"config.{field}=")):
+                validate_config(ml_collections.ConfigDict(tree))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("optim.lr", 0.0), ("optim.lr", -1e-3), ("train.steps", -5), ("train.batch_size", 0),
+    ("diffusion.timesteps", 0), ("ema.decay", 1.0), ("data.holdout", 0.0), ("data.holdout", 1.0),
+    ("seed", 2**64), ("seed", -1), ("eval.num_samples", 3),
+])
+def test_out_of_range_values_name_the_field(field, value):
+    tree = load_config("toy2d").to_dict()
+    *sections, name = field.split(".")
+    functools.reduce(lambda node, key: node[key], sections, tree)[name] = value
+    with pytest.raises(ConfigError, match=re.escape(f"config.{field}=")):
+        validate_config(ml_collections.ConfigDict(tree))
+
+
+def test_a_path_with_a_data_set_that_reads_none_is_refused():
+    config = set_fields(load_config("toy2d"), {"data.path": "points.npy"})
+    with pytest.raises(ConfigError, match="config.data.path='points.npy' is invalid with "
+                                          "data.name='butterfly'"):
+        validate_config(config)
+
+
+def test_a_config_without_sections_names_the_first_missing_field():
+    with pytest.raises(ConfigError, match="config.seed is missing"):
+        validate_config(ml_collections.ConfigDict())

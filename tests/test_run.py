@@ -11,7 +11,7 @@ import pytest
 
 import jaxdiff
 from jaxdiff.errors import ConfigError
-from jaxdiff.run import sample_model
+from jaxdiff.run import load_run, sample_model
 
 from helpers import NULL, label_model
 
@@ -56,3 +56,39 @@ def test_sample_model_guidance_needs_a_conditional_model_and_labels(linear30):
                                  num_steps=3, clip_x0=False, cond={"labels": jnp.array([0, 2])},
                                  guidance_scale=0.0, null_cond={"labels": NULL})
     np.testing.assert_array_equal(guided, direct)
+
+
+def test_sample_refuses_zero_steps_and_non_finite_eta(toy_run):
+    run = load_run(toy_run)
+    with pytest.raises(ConfigError, match="steps=0 is invalid"):
+        run.sample(4, sampler="ddim", steps=0)
+    for eta in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ConfigError, match="eta=.* is invalid"):
+            run.sample(4, sampler="ddim", eta=eta)
+
+
+def test_ddim_sample_refuses_a_non_finite_eta():
+    schedule = jaxdiff.make_schedule("linear", timesteps=10)
+    for eta in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="eta must be finite"):
+            jaxdiff.ddim_sample(lambda x, t: x, schedule, key=jax.random.key(0), shape=(2, 2),
+                                num_steps=5, eta=eta)
+
+
+def test_samples_that_overflow_float32_in_data_space_are_refused(toy_run):
+    from jaxdiff.data.codecs import Standardizer
+    from jaxdiff.errors import NonFiniteError
+
+    run = load_run(toy_run)
+    huge = Standardizer(mean=np.zeros(2), std=np.full(2, 3e38))  # |z| > 1.1 overflows float32
+    with pytest.raises(NonFiniteError, match="overflow float32"):
+        run._replace(codec=huge).sample(64, seed=0)
+
+
+def test_non_finite_samples_are_refused(toy_run):
+    from jaxdiff.errors import NonFiniteError
+
+    run = load_run(toy_run)
+    poisoned = jax.tree.map(lambda p: p * jnp.nan, run.params)
+    with pytest.raises(NonFiniteError, match="NaN or infinite"):
+        run._replace(params=poisoned).sample(4)

@@ -184,6 +184,22 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     assert f"resuming {workdir} from step {saved}" in again.stdout
 
 
+@pytest.mark.slow
+def test_a_second_sigterm_stops_at_once_in_one_line_and_the_run_still_resumes(tmp_path):
+    workdir = str(tmp_path / "run")
+    process = start(train_command(workdir, 30, 5))
+    wait_for_step(process, 12)  # the checkpoint of step 5 is complete by now
+    process.send_signal(signal.SIGTERM)
+    time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, output[-2000:]
+    assert "Traceback" not in output, output[-3000:]
+    again = run_script(*train_command(workdir, 30, 5))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming" in again.stdout
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 BAD_TRAIN_FLAGS = [
@@ -224,6 +240,20 @@ def _files(tmp):
     paths["broken_dir"] = tmp / "broken_dir"
     paths["broken_dir"].mkdir()
     (paths["broken_dir"] / "a.png").write_bytes(b"not a png")
+    paths["one_row"] = tmp / "one_row.npy"
+    np.save(paths["one_row"], np.zeros((1, 2), np.float32))
+    paths["afile"] = tmp / "afile"
+    paths["afile"].write_text("a file, not a directory")
+    paths["npz_dir"] = tmp / "dir.npz"
+    paths["npz_dir"].mkdir()
+    configs = {"not_python": "this is not python(\n",
+               "no_get_config": "x = 1\n",
+               "empty_config": "import ml_collections\n\n\ndef get_config():\n"
+                               "    return ml_collections.ConfigDict()\n",
+               "raising_config": "raise RuntimeError('boom in the config file')\n"}
+    for name, text in configs.items():
+        paths[name] = tmp / f"{name}.py"
+        paths[name].write_text(text)
     return {name: str(path) for name, path in paths.items()}
 
 
@@ -279,6 +309,24 @@ TRAIN_CASES = [
      "data.path"),
     ("folder-only-broken-files", ["--config=configs/image_folder.py:quick",
                                   "--config.data.path={broken_dir}"], "data.path"),
+    ("lr-inf", TOY + ["--config.optim.lr=inf"], "config.optim.lr=inf"),
+    ("lr-nan", TOY + ["--config.optim.lr=nan"], "config.optim.lr=nan"),
+    ("weight-decay-inf", TOY + ["--config.optim.weight_decay=inf"], "optim.weight_decay"),
+    ("eta-inf", TOY + ["--config.sample.eta=inf"], "sample.eta"),
+    ("seed-beyond-2-62", TOY + ["--config.seed=18446744073709551616"], "config.seed"),
+    ("config-not-python", ["--config={not_python}"], "not_python.py"),
+    ("config-without-get-config", ["--config={no_get_config}"], "get_config"),
+    ("config-without-sections", ["--config={empty_config}"], "config.seed is missing"),
+    ("config-raises", ["--config={raising_config}"], "boom in the config file"),
+    ("path-with-a-toy-set", TOY + ["--config.data.path={small}"], "data.path"),
+    ("holdout-of-one", TOY + ["--config.data.holdout=1.0"], "data.holdout"),
+    ("array-of-one-row", TOY + ["--config.data.name=array", "--config.data.path={one_row}",
+                                "--config.train.batch_size=1"], "one_row.npy"),
+    ("point-eval-of-three", TOY + ["--config.eval.num_samples=3"], "eval.num_samples"),
+    ("batch-beyond-memory", TOY + ["--config.train.batch_size=1000000000"], "train.batch_size"),
+    ("hidden-beyond-memory", TOY + ["--config.model.hidden=1000000"], "model.hidden"),
+    ("timesteps-beyond-memory", TOY + ["--config.diffusion.timesteps=100000000"],
+     "diffusion.timesteps"),
 ]
 
 
@@ -310,6 +358,14 @@ def test_train_rejects_bad_input(case, arguments, expected, files, tmp_path):
     assert not os.path.exists(tmp_path / "run" / "checkpoints"), "failed after starting"
 
 
+@pytest.mark.parametrize("workdir, expected", [
+    ("{afile}", "is a file, not a directory"), ("{afile}/run", "is a file, so the directory"),
+    ("", "an empty path")], ids=["a-file", "parent-is-a-file", "empty"])
+def test_train_refuses_an_unusable_workdir(workdir, expected, files):
+    done = run("train.py", TOY + [f"--workdir={workdir}"], files)
+    assert_one_line_error(done, expected)
+
+
 SAMPLE_CASES = [
     ("missing-workdir-flag", [], "workdir"),
     ("workdir-without-run", ["--workdir={tmp}"], "workdir"),
@@ -323,6 +379,12 @@ SAMPLE_CASES = [
     ("labels-on-unconditional-model", ["--labels=0,1"], "labels"),
     ("guidance-on-unconditional-model", ["--guidance_scale=3"], "guidance_scale"),
     ("positional-argument", ["extra"], "extra"),
+    ("eta-nan", ["--eta=nan"], "--eta=nan"),
+    ("eta-inf", ["--eta=inf"], "--eta=inf"),
+    ("out-is-a-directory", ["--out={npz_dir}"], "--out"),
+    ("out-parent-is-a-file", ["--out={afile}/s.npz"], "--out"),
+    ("seed-beyond-2-63", ["--seed=99999999999999999999"], "--seed"),
+    ("samples-beyond-memory", ["--num_samples=100000000000"], "num_samples"),
 ]
 
 

@@ -3,15 +3,18 @@ it writes, checkpoint / resume to the exact parameters of an uninterrupted run, 
 a run stopped by consecutive non-finite steps."""
 
 import json
+import logging
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from jaxdiff.checkpoint import Checkpointer
-from jaxdiff.errors import ConfigError, TrainingDiverged
+from jaxdiff.errors import CheckpointError, ConfigError, TrainingDiverged
 from jaxdiff.run import load_run
 from jaxdiff.train_loop import train_and_evaluate
 
@@ -117,3 +120,124 @@ def test_consecutive_non_finite_steps_stop_training_with_the_last_good_checkpoin
     assert steps and max(steps) <= 10
     run = load_run(workdir)
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(run.params))
+
+
+def _saved_states_are_finite(workdir):
+    from jaxdiff.models import build_model
+    from jaxdiff.training import all_finite, build_optimizer, init_train_state
+    from jaxdiff.workdir import read_run
+
+    checkpointer = Checkpointer(workdir, read_only=True)
+    steps = checkpointer.all_steps()
+    config, info = read_run(workdir)
+    model = build_model(config)
+    abstract = jax.eval_shape(lambda: init_train_state(config, model, build_optimizer(config),
+                                                       info.data_shape))
+    return steps, [bool(all_finite(checkpointer.restore(abstract, step))) for step in steps]
+
+
+def test_an_exploding_optimiser_never_saves_a_non_finite_checkpoint(tmp_path):
+    """lr = 1e30 without clipping: every update is skipped or finite; every saved checkpoint
+    holds finite values, and the stop message's "last good state" is true."""
+    workdir = str(tmp_path / "run")
+    config = tiny_toy_config(**{"optim.lr": 1e30, "optim.grad_clip": 0.0, "optim.warmup_steps": 0,
+                                "train.steps": 40, "train.max_skipped_steps": 4,
+                                "train.log_every": 2, "train.checkpoint_every": 2,
+                                "train.keep_checkpoints": 20})
+    try:
+        train_and_evaluate(config, workdir)
+    except TrainingDiverged as error:
+        assert "last good state" in str(error)
+    steps, finite = _saved_states_are_finite(workdir)
+    assert steps and all(finite), (steps, finite)
+
+
+def test_force_with_another_architecture_keeps_the_old_run_loadable(toy_run, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(toy_run, workdir)
+    before = open(os.path.join(workdir, "config.json")).read()
+    with pytest.raises(CheckpointError):
+        train_and_evaluate(tiny_toy_config(**{"model.hidden": 48}), workdir, force=True)
+    assert open(os.path.join(workdir, "config.json")).read() == before
+    assert load_run(workdir).step == 12
+
+
+def test_fewer_steps_than_the_run_has_are_refused(toy_run, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(toy_run, workdir)
+    with pytest.raises(ConfigError, match=r"train.steps=5 is invalid: .* already at step 12"):
+        train_and_evaluate(tiny_toy_config(**{"train.steps": 5}), workdir)
+
+
+def test_a_live_lock_refuses_a_second_trainer_and_a_stale_one_is_taken_over(toy_run, tmp_path,
+                                                                           caplog):
+    import socket
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(toy_run, workdir)
+    lock = os.path.join(workdir, "train.lock")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with open(lock, "w") as handle:
+            handle.write(f"{socket.gethostname()} {sleeper.pid}")
+        with pytest.raises(ConfigError, match=f"in use by train.py process {sleeper.pid}"):
+            train_and_evaluate(tiny_toy_config(), workdir)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with caplog.at_level(logging.WARNING, logger="jaxdiff"):
+        report = train_and_evaluate(tiny_toy_config(**{"train.steps": 13}), workdir)
+    assert report["step"] == 13 and "stale train.lock" in caplog.text
+    assert not os.path.exists(lock)  # released at the end
+
+
+def test_deleting_the_checkpoints_while_training_only_loses_those_checkpoints(tmp_path,
+                                                                            monkeypatch):
+    from jaxdiff import train_loop
+
+    workdir = str(tmp_path / "run")
+    clean = train_loop._training_batches
+
+    def delete_at_step_7(source, start, total, config):
+        for step, batch in enumerate(clean(source, start, total, config), start):
+            if step == 7:  # an Orbax save may still be writing in there: delete until gone
+                while os.path.exists(os.path.join(workdir, "checkpoints")):
+                    shutil.rmtree(os.path.join(workdir, "checkpoints"), ignore_errors=True)
+            yield batch
+
+    monkeypatch.setattr(train_loop, "_training_batches", delete_at_step_7)
+    report = train_and_evaluate(tiny_toy_config(), workdir)
+    assert report["step"] == 12 and load_run(workdir).step == 12
+
+
+@pytest.mark.parametrize("rows", [2, 3, 50])
+def test_array_data_of_any_size_ends_with_a_finite_report_against_held_out_rows(tmp_path, rows):
+    path = str(tmp_path / "points.npy")
+    np.save(path, np.random.default_rng(rows).normal(size=(rows, 2)).astype(np.float32))
+    config = tiny_toy_config(**{"data.name": "array", "data.path": path, "train.batch_size": 1,
+                                "eval.num_samples": 50})
+    report = train_and_evaluate(config, str(tmp_path / "run"))
+    values = [value for value in report.values() if isinstance(value, float)]
+    assert all(np.isfinite(values)), report
+
+
+def test_constant_array_data_reports_a_zero_floor_without_dividing_by_it(tmp_path):
+    path = str(tmp_path / "constant.npy")
+    np.save(path, np.ones((40, 2), np.float32))
+    config = tiny_toy_config(**{"data.name": "array", "data.path": path, "train.batch_size": 8})
+    report = train_and_evaluate(config, str(tmp_path / "run"))
+    assert report["swd_floor"] == 0.0 and np.isfinite(report["swd"])
+
+
+@pytest.mark.parametrize("field, value", [
+    ("train.batch_size", 10**8), ("model.hidden", 10**6), ("diffusion.timesteps", 10**8),
+    ("eval.num_samples", 10**9),
+])
+def test_a_config_that_cannot_fit_in_memory_is_refused_before_compiling(tmp_path, field, value):
+    config = tiny_toy_config(**{field: value, "eval.plots": True})
+    if field == "diffusion.timesteps":
+        config.sample.sampler = "ddpm"
+    with pytest.raises(ConfigError, match=rf"config.{field}={value} is invalid: the run needs at "
+                                          rf"least .* GiB"):
+        train_and_evaluate(config, str(tmp_path / "run"))
+    assert not os.path.exists(os.path.join(tmp_path, "run", "checkpoints"))

@@ -8,6 +8,7 @@ import numpy as np
 import jaxdiff
 from jaxdiff import losses
 from jaxdiff.models import MLPDenoiser
+from jaxdiff.schedules import make_schedule
 from jaxdiff.training import create_train_state, make_optimizer, make_train_step
 
 from helpers import assert_trees_equal
@@ -63,3 +64,29 @@ def test_non_finite_batch_skips_the_update_and_counts_it():
     state, _ = step(state, good)
     assert int(state.skipped) == 2 and int(state.skip_streak) == 0
     assert np.all(np.isfinite(jax.device_get(state.params)["w"]))
+
+
+def test_a_non_finite_update_is_skipped_like_a_non_finite_gradient():
+    """An optimiser that blows the parameters up (here: to infinity) with a finite loss and
+    gradient: the update is skipped, so the state never holds a non-finite value."""
+    import optax
+
+    from jaxdiff.training import all_finite, create_train_state, make_train_step
+
+    blow_up = optax.GradientTransformation(
+        lambda params: optax.EmptyState(),
+        lambda updates, state, params=None: (jax.tree.map(lambda u: u + jnp.inf, updates), state))
+    apply_fn = lambda params, x, t, train=False, rngs=None: x * params["w"]  # noqa: E731
+    params = {"w": jnp.ones((1, 2), jnp.float32)}
+    state = create_train_state(params, blow_up, jax.random.key(0))
+    step = make_train_step(apply_fn, blow_up, make_schedule("linear", timesteps=10),
+                           loss_kwargs={"objective": "pred_noise"}, ema_decay=0.9)
+    batch = {"x": jnp.ones((4, 2), jnp.float32)}
+    before = np.asarray(params["w"])  # the step donates the state's buffers
+    after, metrics = step(state, batch)
+    assert np.isfinite(float(metrics["loss"])) and np.isfinite(float(metrics["grad_norm"]))
+    assert int(after.skipped) == 1 and int(after.skip_streak) == 1
+    np.testing.assert_array_equal(after.params["w"], before)
+    np.testing.assert_array_equal(after.ema_params["w"], before)
+    assert bool(all_finite(after))
+    assert not bool(all_finite({"a": jnp.array([1.0, jnp.nan]), "step": jnp.int32(3)}))
