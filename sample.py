@@ -133,6 +133,7 @@ def main(argv) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}: flags are written --name=value")
     absl_logging.set_verbosity(absl_logging.WARNING)
+    cli.quiet_failed_read_leftovers()
     try:
         sharding.initialize_distributed()
         run = load_run(_WORKDIR.value, step=_STEP.value)

@@ -30,7 +30,8 @@ def main(argv) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}: flags are written --name=value")
     initialize_distributed()  # multi-host jobs: before anything touches a JAX backend
-    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every save at INFO
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    cli.quiet_failed_read_leftovers()  # Orbax logs every save at INFO
     logging.getLogger("jaxdiff").setLevel(logging.INFO)
     config = cli.load_config(_CONFIG)
     try:

@@ -34,6 +34,9 @@ class Checkpointer:
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.read_only = read_only
         self._max_to_keep = max_to_keep
+        # Kept open until `close`: closing it right after a failed read can leave Orbax's
+        # background tasks posting to a closed event loop (a traceback after the error line).
+        self._reader = None
         self._manager = None if read_only else self._open_manager()
 
     def _open_manager(self) -> ocp.CheckpointManager:
@@ -86,8 +89,9 @@ class Checkpointer:
         args = ocp.args.PyTreeRestore(
             abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
             partial_restore=isinstance(abstract, dict))
-        with ocp.PyTreeCheckpointer() as reader:
-            return reader.restore(item, args=args)
+        if self._reader is None:
+            self._reader = ocp.PyTreeCheckpointer()
+        return self._reader.restore(item, args=args)
 
     def path(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
@@ -137,6 +141,9 @@ class Checkpointer:
     def close(self) -> None:
         if self._manager is not None:
             self._manager.close()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 def abstract_like(tree: Any) -> Any:

@@ -4,6 +4,7 @@ print a traceback for a misspelt `--config.optim.lrr`, and exit with 1)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -120,3 +121,22 @@ def check_writable(name: str, path: str, *, directory: bool) -> None:
                           f"cannot be created")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"--{name}={path!r} is invalid: {existing!r} is not writable")
+
+
+def quiet_failed_read_leftovers() -> None:
+    """Keep one-line errors one line after Orbax fails to read a damaged checkpoint: its
+    background reads can still post to the event loop the failed restore closed, which Python
+    reports as an unraisable "Event loop is closed" RuntimeError with a traceback (and asyncio
+    logs "Future exception was never retrieved"). The read failure itself is reported by jaxdiff
+    (a warning naming the checkpoint, or the error line), so these echoes are dropped; any other
+    unraisable exception is printed as usual."""
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if isinstance(unraisable.exc_value, RuntimeError) and \
+                "Event loop is closed" in str(unraisable.exc_value):
+            return
+        default(unraisable)
+
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)

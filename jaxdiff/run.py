@@ -303,6 +303,7 @@ def load_run(workdir: str, step: int | None = None) -> Run:
         except Exception as error:  # noqa: BLE001 - damaged, or not this config's model
             raise CheckpointError(f"checkpoint {checkpointer.path(step)} cannot be read as "
                                   f"config.json's model: {error_summary(error)}") from None
+    checkpointer.close()  # (left open on the error paths above: see Checkpointer.restore)
     return Run(config=config, model=model, params=state["ema_params"],
                schedule=build_schedule(config), codec=info.codec, data_shape=info.data_shape,
                step=int(step))

@@ -7,6 +7,7 @@ offending field, flag or file. The README's troubleshooting section lists these 
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -145,7 +146,27 @@ def wait_for_step(process, step, timeout=240):
 
 
 @pytest.mark.slow
+def _newest_step_directory(workdir):
+    checkpoints = os.path.join(workdir, "checkpoints")
+    steps = sorted((int(name) for name in os.listdir(checkpoints) if name.isdigit()), default=None)
+    return os.path.join(checkpoints, str(steps[-1])) if steps else None
+
+
+def _inject_fault(workdir, fault):
+    """Damage the workdir between runs as a crash, a disk error or a user could."""
+    newest = _newest_step_directory(workdir)
+    if fault == "truncate" and newest:
+        truncate_data_files(newest)
+    elif fault == "delete" and newest:
+        shutil.rmtree(newest)
+    elif fault == "stray":
+        os.makedirs(os.path.join(workdir, "checkpoints", "99999"), exist_ok=True)
+
+
 def test_sigkill_at_random_steps_then_resume_matches_uninterrupted_run(tmp_path):
+    """Fault injection: SIGKILL at random steps (checkpoints every 3 steps, so kills land during
+    asynchronous saves too), and between runs the newest checkpoint truncated or deleted, or a
+    stray step directory left; the run still ends bit-identical to an uninterrupted one."""
     steps, every = 40, 3
     reference = str(tmp_path / "reference")
     done = run_script(*train_command(reference, steps, every))
@@ -153,13 +174,14 @@ def test_sigkill_at_random_steps_then_resume_matches_uninterrupted_run(tmp_path)
 
     workdir = str(tmp_path / "killed")
     rng = random.Random(1234)
-    kill_steps = sorted(rng.sample(range(2, steps - 2), 3))
-    for kill_step in kill_steps:
+    kill_steps = sorted(rng.sample(range(5, steps - 2), 3))
+    for kill_step, fault in zip(kill_steps, ["truncate", "stray", "delete"]):
         process = start(train_command(workdir, steps, every))
         lines = wait_for_step(process, kill_step)
         process.send_signal(signal.SIGKILL)  # no handler can run: whatever was on disk stays
         process.wait(timeout=60)
         assert process.returncode == -signal.SIGKILL, "".join(lines[-20:])
+        _inject_fault(workdir, fault)
     last = run_script(*train_command(workdir, steps, every))
     assert last.returncode == 0, last.stderr[-2000:]
     assert "resuming" in last.stdout

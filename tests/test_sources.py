@@ -3,6 +3,7 @@ attributes and methods, batches are this process's slice of the global batch, `f
 data space, the codec maps data space to model space and back, and `prefetch_batches` reads a
 source's batches ahead, a bounded number at a time."""
 
+import re
 import threading
 import time
 
@@ -13,7 +14,7 @@ from jaxdiff.data import ImageCodec, Standardizer, make_point_source
 from jaxdiff.data.images import ImageSource
 from jaxdiff.data.sources import prefetch_batches
 
-from helpers import indexed_image_source
+from helpers import indexed_image_source, load_config, set_fields
 
 INTERFACE = ("name", "shape", "num_classes", "size", "codec", "batch", "fresh")
 
@@ -119,3 +120,27 @@ def test_prefetch_reads_at_most_size_batches_ahead():
         time.sleep(0.01)
     assert read == [0, 1, 2, 3]
     batches.close()
+
+
+@pytest.mark.parametrize("config_name, fields, expected", [
+    ("toy2d", {"data.name": "array", "data.path": "{tmp}"}, "data.path="),
+    ("toy2d", {"data.name": "array", "data.path": "{tmp}/missing.npy"}, "does not exist"),
+    ("toy2d", {"data.name": "array", "data.path": "{tmp}/ok.npy",
+               "data.eval_path": "{tmp}/missing.npy"}, "data.eval_path="),
+    ("toy2d", {"data.name": "array", "data.path": "{tmp}/ok.npy", "data.eval_path": "{tmp}"},
+     "data.eval_path="),
+    ("image_folder", {"data.path": "{tmp}/ok.npy"}, "is not a directory"),
+    ("digits", {"eval.inception_path": "{tmp}"}, "eval.inception_path="),
+], ids=["array-is-a-directory", "array-missing", "eval-file-missing", "eval-file-is-a-directory",
+        "folder-is-a-file", "inception-weights-are-a-directory"])
+def test_every_path_field_names_itself_when_it_is_unusable(tmp_path, config_name, fields,
+                                                           expected):
+    from jaxdiff.errors import ConfigError
+    from jaxdiff.train_loop import prepare
+
+    np.save(tmp_path / "ok.npy", np.zeros((20, 2), np.float32))
+    config = set_fields(load_config(config_name), {
+        field: value.format(tmp=tmp_path) if isinstance(value, str) else value
+        for field, value in {**fields, "train.batch_size": 4}.items()})
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        prepare(config)

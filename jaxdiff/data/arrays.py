@@ -13,13 +13,14 @@ _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 _NPZ_KEYS = ("x", "data")
 
 
-def load_array(path: str) -> np.ndarray:
+def load_array(path: str, field: str = "data.path") -> np.ndarray:
     """Read points of shape [N, D] (N >= 2, D >= 1, all finite, numeric) as float32.
 
     A .npz file supplies the array named "x", else the one named "data", else its only array.
-    Every problem raises a one-line ValueError naming data.path and what is wrong with it.
+    Every problem raises a one-line ValueError naming `field` (the config field that gave the
+    path) and what is wrong with it.
     """
-    where = f"data.path={path!r}"
+    where = f"{field}={path!r}"
     if not os.path.exists(path):
         raise ValueError(f"{where} does not exist")
     if not str(path).lower().endswith((".npy", ".npz")):

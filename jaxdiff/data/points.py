@@ -137,7 +137,7 @@ def make_point_source(name: str, *, path: str | None = None, noise: float | None
                              f".npz file of shape [N, D]")
         array = load_array(path)
         if eval_path:
-            held_out = load_array(eval_path)
+            held_out = load_array(eval_path, field="data.eval_path")
             if held_out.shape[1:] != array.shape[1:]:
                 raise ValueError(f"data.eval_path={eval_path!r} holds rows of shape "
                                  f"{held_out.shape[1:]}, data.path {array.shape[1:]}")
