@@ -148,7 +148,7 @@ def wait_for_step(process, step, timeout=240):
 @pytest.mark.slow
 def _newest_step_directory(workdir):
     checkpoints = os.path.join(workdir, "checkpoints")
-    steps = sorted((int(name) for name in os.listdir(checkpoints) if name.isdigit()), default=None)
+    steps = sorted(int(name) for name in os.listdir(checkpoints) if name.isdigit())
     return os.path.join(checkpoints, str(steps[-1])) if steps else None
 
 
