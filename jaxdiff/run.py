@@ -76,12 +76,13 @@ class Run(NamedTuple):
             mesh = sharding.make_mesh(num_devices)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        frames = 0
         if return_trajectory:
             kind = sampler or self.config.sample.sampler
             frames = self.schedule.timesteps if kind == "ddpm" else (
                 steps or self.config.sample.steps)
-        check_sampling_fits(self.model, self.data_shape, int(num_samples),
-                            frames if return_trajectory else 0, sharding.num_batch_shards(mesh))
+        check_sampling_fits(self.model, self.data_shape, int(num_samples), frames,
+                            sharding.num_batch_shards(mesh))
         model_fn = functools.partial(self.model.apply, sharding.put_replicated(self.params, mesh))
         out = sample_sharded(
             model_fn, self.schedule, self.config, (int(num_samples),) + self.data_shape,

@@ -45,8 +45,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        force: bool = False) -> dict:
     """Train (or resume) the run in `workdir`; return the final evaluation report.
 
-    A workdir holding a run of a different config (beyond RESUMABLE_CHANGES) is refused unless
-    `force`."""
+    Refused with ConfigError, before anything is compiled or written: a bad config, a workdir
+    holding a run of a different config (beyond RESUMABLE_CHANGES) unless `force`, a workdir
+    another live train.py holds (train.lock), a config that cannot fit in memory, and
+    `train.steps` below the step the run has reached. config.json and run.json are written once
+    the restore succeeded, so a refused run leaves an existing one loadable."""
     source = prepare(config)
     check_resumable(workdir, config, force=force)
     with workdir_lock(workdir):
@@ -54,6 +57,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, source: DataSource) -> dict:
+    """The run itself, under the workdir lock: set up, restore, train, save, evaluate."""
     model = build_model(config)
     mesh = sharding.make_mesh(config.train.get("num_devices", 0) or None)
     try:
