@@ -145,7 +145,8 @@ def train_step(
     # A non-finite loss, gradient or update (an optimiser setting that blows the parameters up)
     # skips the whole update (parameters, EMA, optimiser moments), so the state never holds a
     # non-finite value; the step still advances, so the data and noise move on to the next batch.
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite((params, opt_state))
+    # (Finite gradients keep Adam's moments finite, so the new parameters are all to check.)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
     new_state = state.replace(
         step=state.step + 1,
