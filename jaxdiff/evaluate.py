@@ -145,7 +145,7 @@ def guidance_sweep(config, workdir, model, schedule, state, source, labels) -> l
     for scale in config.eval.guidance_scales:
         start = time.perf_counter()
         # an array scale keeps s = 1 on the guided path too, so every scale shares one compile
-        images = source.codec.decode(sample_ema(
+        images = decode_finite(source.codec, sample_ema(
             config, model, schedule, state, shape, labels=labels,
             guidance_scale=np.full(len(labels), scale, np.float32)))
         entry = {"guidance_scale": float(scale), "sample_seconds": time.perf_counter() - start}

@@ -42,15 +42,22 @@ def available_bytes() -> int | None:
         return None
 
 
-@functools.lru_cache(maxsize=16)
 def model_footprint(model, data_shape: tuple[int, ...]) -> tuple[int, int, int]:
     """(parameter count, elements of the model's largest single activation, elements of all
     its leaf layers' outputs) for one example, from shapes alone (jax.eval_shape: nothing is
     allocated). Training keeps the leaf outputs for the backward pass; sampling needs at least
-    the largest one."""
+    the largest one. Flax modules (hashable, compared by their fields) are traced once."""
     example = int(np.prod(data_shape))
     if not hasattr(model, "init"):  # not a Flax module: only the data itself is known
         return 0, example, example
+    try:
+        return _cached_footprint(model, tuple(data_shape))
+    except TypeError:  # an unhashable model object: measure it without the cache
+        return _footprint(model, tuple(data_shape))
+
+
+def _footprint(model, data_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    example = int(np.prod(data_shape))
     x = jnp.zeros((1,) + tuple(data_shape), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), x, t))
@@ -64,6 +71,9 @@ def model_footprint(model, data_shape: tuple[int, ...]) -> tuple[int, int, int]:
                          for other in outputs)]
     count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params))
     return count, max(outputs.values(), default=example), max(sum(leaves), example)
+
+
+_cached_footprint = functools.lru_cache(maxsize=16)(_footprint)
 
 
 def needed_bytes(config, model, data_shape: tuple[int, ...], num_devices: int = 1) -> dict:
