@@ -31,7 +31,7 @@ import jaxdiff
 from jaxdiff import sharding
 from jaxdiff.compilation import compiler_options, jit
 from jaxdiff.models import DDPMUnet, Unet
-from jaxdiff.training import create_train_state, make_optimizer, make_train_step
+from jaxdiff.training import LinenApply, create_train_state, make_optimizer, make_train_step
 
 from bench_common import (add_shared_args, cpu_busy_seconds, cpu_model, others_cpu_share,
                           parse)
@@ -90,8 +90,8 @@ def benchmark_train(args, model, params, mesh):
     optimizer = make_optimizer(1e-4, grad_clip=1.0)
     schedule = jaxdiff.make_schedule("cosine", 1000)
     train_step = make_train_step(
-        model.apply, optimizer, schedule,
-        loss_kwargs=dict(objective=args.objective), ema_decay=0.9999, mesh=mesh,
+        LinenApply(model), optimizer, schedule,
+        loss_kwargs=dict(objective=args.objective), ema_decay=0.9999, takes_key=True, mesh=mesh,
     )
     # A copy: the step donates the state, and the sampler benchmark still needs `params`.
     params = jax.tree.map(jnp.copy, params)

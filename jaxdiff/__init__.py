@@ -35,6 +35,12 @@ from jaxdiff.samplers import (
     ddim_timesteps,
     ddpm_sample,
 )
+from jaxdiff.ode_samplers import (
+    dpm_solver_sample,
+    dpm_solver_timesteps,
+    karras_sample,
+    karras_sigmas,
+)
 from jaxdiff.schedules import SCHEDULE_KINDS, Schedule, make_schedule, schedule_from_betas
 
 __version__ = "0.2.0"

@@ -68,6 +68,9 @@ class Checkpointer:
             self._manager = self._open_manager()
             logger.warning("%s had been deleted; recreated it, saving step %d", self.directory,
                            int(step))
+        if int(step) in self.all_steps():
+            raise CheckpointError(f"step {int(step)} is already saved in {self.directory}; a "
+                                  f"checkpoint is never overwritten (use a new directory)")
         try:
             self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
         except Exception as error:  # noqa: BLE001 - e.g. an earlier save lost with its files

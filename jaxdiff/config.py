@@ -1,10 +1,11 @@
 """Experiment configs: the defaults every config file starts from, and their validation.
 
-Config files in configs/ are Python returning an `ml_collections.ConfigDict`; image configs start
+Config files in jaxdiff/configs/ (`--config NAME`) are Python returning an `ml_collections.ConfigDict`; image configs start
 from `image_config()`, and every config gets its diffusion, optim, train, ema and sample sections
 from `add_training_sections`, so a new option is added once. `validate_config` checks every field
 (type, range and combinations) before anything is compiled and raises ConfigError naming the
-first bad field, its value and what is allowed.
+first bad field, its value and what is allowed; `config_warnings` lists settings that are valid
+but probably not meant (train_and_evaluate logs them once, before training).
 
 Field meanings:
 
@@ -112,7 +113,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for field in REQUIRED_FIELDS:
         if _get(config, field) is _MISSING:
             raise ConfigError(f"config.{field} is missing: a config starts from "
-                              f"jaxdiff.config.image_config() or configs/toy2d.py's get_config()")
+                              f"jaxdiff.config.image_config() or jaxdiff/configs/toy2d.py's get_config()")
     positive_int = lambda v: _is_int(v) and v >= 1  # noqa: E731
     boolean = (lambda v: isinstance(v, bool), "true or false")
     data_names = POINT_SETS + IMAGE_SETS
@@ -272,6 +273,21 @@ def _validate_guidance(config) -> None:
                 f"never learned; set model.cond_drop_prob (e.g. 0.1)")
 
 
+def config_warnings(config: ml_collections.ConfigDict) -> list[str]:
+    """Valid settings that are probably mistakes, one message each (empty: none); the config
+    must have passed `validate_config`.
+
+    - optim.warmup_steps >= train.steps: the learning rate rises linearly from 0 for the whole
+      run and never reaches optim.lr."""
+    warnings = []
+    warmup, steps = config.optim.warmup_steps, config.train.steps
+    if warmup >= steps:
+        warnings.append(f"config.optim.warmup_steps={warmup} >= config.train.steps={steps}: the "
+                        f"run trains only during warm-up (the learning rate never reaches "
+                        f"optim.lr={config.optim.lr})")
+    return warnings
+
+
 # --- defaults -----------------------------------------------------------------------------------
 
 
@@ -279,7 +295,7 @@ def _validate_guidance(config) -> None:
 
 def add_training_sections(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Add the diffusion, optim, train, ema and sample sections with their defaults (the image
-    defaults; configs/toy2d.py overrides what points need). Every config, image or point, gets
+    defaults; jaxdiff/configs/toy2d.py overrides what points need). Every config, image or point, gets
     these fields from here, so a new training option is added once."""
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.schedule = "cosine"

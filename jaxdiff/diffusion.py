@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
 from jaxdiff.schedules import Schedule
@@ -28,8 +30,31 @@ def extract(table: Array, t: Array, ndim: int) -> Array:
     return values.reshape(values.shape + (1,) * (ndim - values.ndim))
 
 
+def check_timesteps(t, timesteps: int, name: str = "t") -> None:
+    """Raise a ValueError naming `t` when concrete values lie outside [0, T) (JAX indexing would
+    silently clamp them); traced values cannot be checked and pass."""
+    if isinstance(t, jax.core.Tracer):
+        return
+    values = np.asarray(t)
+    if values.size and (values.min() < 0 or values.max() >= timesteps):
+        raise ValueError(f"{name} must lie in [0, T={timesteps}), got values from {values.min()} "
+                         f"to {values.max()}")
+
+
+def check_output_shape(output: Array, x_t: Array) -> None:
+    """Raise a ValueError when the model's output shape differs from x_t's (it would broadcast
+    silently into the update or the loss). Checked at trace time."""
+    if getattr(output, "shape", None) != x_t.shape:
+        raise ValueError(f"model_fn returned an output of shape {getattr(output, 'shape', None)} "
+                         f"for x_t of shape {x_t.shape}; a denoiser returns one value per input "
+                         f"value (eps, x0 or v, shaped like x_t)")
+
+
 def q_sample(s: Schedule, x0: Array, t: Array, noise: Array) -> Array:
-    """Sample q(x_t | x0): sqrt(abar_t) x0 + sqrt(1 - abar_t) noise (Ho et al. eq. 4)."""
+    """Sample q(x_t | x0): sqrt(abar_t) x0 + sqrt(1 - abar_t) noise (Ho et al. eq. 4).
+
+    t: int32 [B] in [0, T); concrete values outside raise ValueError."""
+    check_timesteps(t, s.timesteps)
     return (
         extract(s.sqrt_alphas_cumprod, t, x0.ndim) * x0
         + extract(s.sqrt_one_minus_alphas_cumprod, t, x0.ndim) * noise

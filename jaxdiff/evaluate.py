@@ -8,8 +8,9 @@ call, writes them (eval_samples.npz, in data space) with eval.json and pictures,
           train-vs-test floor (and class accuracy for conditional models), FID with pytorch-fid's
           Inception weights when `eval.inception_path` is set, and a guidance sweep
           (`eval.guidance_scales`) for class-conditional models.
-`sample_grid` is the 10x10 grid of EMA samples saved during training. Every process samples its
-share; only process 0 writes files.
+`sample_picture` is the picture of EMA samples logged during training (`sample_grid`, a 10x10
+grid, for images; samples beside data for points). Every process samples its share; only
+process 0 writes files and shows progress.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -25,19 +28,38 @@ import numpy as np
 from jaxdiff import plotting, sharding
 from jaxdiff.diffusion import q_sample
 from jaxdiff.errors import NonFiniteError
-from jaxdiff.run import decode_finite, sample_sharded
+from jaxdiff.run import decode_finite, num_model_calls, sample_sharded
 from jaxdiff.workdir import EVAL_FILE, write_json
 
 log = logging.getLogger("jaxdiff")
 
 
-def sample_ema(config, model, schedule, state, shape, *, seed: int = 1, **kwargs) -> np.ndarray:
+def sample_ema(config, model, schedule, state, shape, *, seed: int = 1, progress=False,
+               **kwargs) -> np.ndarray:
     """EMA samples in model space (numpy), split over the training devices in one compiled
-    call; `kwargs` go to `run.sample_model` (labels, guidance, return_trajectory)."""
+    call; `progress` and `kwargs` go to `run.sample_model` (labels, guidance,
+    return_trajectory)."""
     mesh = sharding.make_mesh(config.train.get("num_devices", 0) or None)
     model_fn = functools.partial(model.apply, state.ema_params)
     return sample_sharded(model_fn, schedule, config, shape,
-                          key=jax.random.key(config.seed + seed), mesh=mesh, **kwargs)
+                          key=jax.random.key(config.seed + seed), mesh=mesh, progress=progress,
+                          **kwargs)
+
+
+def sampling_progress(config, schedule, count: int, progress=None, what: str = ""):
+    """The samplers' `progress` argument for sampling `count` samples: `progress` as is when
+    not None; else (automatic) a progress bar when stderr is a terminal (tqdm's `disable=None`
+    rule) in a single-process job, otherwise a plain line on the main process, "sampling N
+    samples with SAMPLER (K model calls)...". (A bar compiles the sampler with a host callback:
+    in a multi-process job every process must compile the same program, so none gets one.)"""
+    if progress is not None:
+        return progress
+    if jax.process_count() == 1 and sys.stderr.isatty():
+        return True
+    if sharding.is_main_process():
+        print(f"sampling {count} samples with {config.sample.sampler} "
+              f"({num_model_calls(config, schedule)} model calls){what}...", flush=True)
+    return False
 
 
 def grid_labels(config, count: int) -> np.ndarray | None:
@@ -46,6 +68,20 @@ def grid_labels(config, count: int) -> np.ndarray | None:
     if not config.model.num_classes:
         return None
     return np.arange(count) % config.model.num_classes
+
+
+def sample_picture(config, model, schedule, state, source, workdir: str,
+                   step: int) -> np.ndarray:
+    """The picture of EMA samples logged during training, RGB or grey [H, W, C] uint8: for
+    images `sample_grid`; for points 1,000 samples beside as many fresh data points (the
+    samples.png of the evaluation), not saved as a file."""
+    if len(source.shape) > 1:
+        return sample_grid(config, model, schedule, state, source, workdir, step)
+    count = 1000
+    samples = decode_finite(source.codec, sample_ema(config, model, schedule, state,
+                                                     (count,) + tuple(source.shape)))
+    data = source.fresh(count, seed=config.seed + 10_000)["x"]
+    return plotting.samples_vs_data_image(samples, data, title=f"step {step}")
 
 
 def sample_grid(config, model, schedule, state, source, workdir: str, step: int) -> np.ndarray:
@@ -62,14 +98,22 @@ def sample_grid(config, model, schedule, state, source, workdir: str, step: int)
     return plotting.image_grid(images, nrow=10)
 
 
-def evaluate(config, workdir: str, model, schedule, state, source) -> dict:
+def evaluate(config, workdir: str, model, schedule, state, source, *, progress=None,
+             log_image: Callable[[str, np.ndarray], None] | None = None) -> dict:
     """Sample with the EMA parameters, compare with held-out data, write eval.json,
-    eval_samples.npz and pictures; return the report."""
+    eval_samples.npz and pictures; return the report.
+
+    progress: for the samplers (see `sampling_progress`): None (default) a progress bar on a
+    terminal, else a line naming what is sampled; False nothing; True a bar; or a callable
+    `progress(done, total)`. log_image: called on the main process as
+    `log_image("samples", picture)` with the samples' picture [H, W, C] uint8 (points: samples
+    beside fresh data; images: a 10x10 grid), e.g. to put it in TensorBoard."""
     num = config.eval.num_samples
     labels = grid_labels(config, num)
     start = time.perf_counter()
     out = sample_ema(config, model, schedule, state, (num,) + tuple(source.shape), labels=labels,
-                     return_trajectory=config.eval.plots)
+                     return_trajectory=config.eval.plots,
+                     progress=sampling_progress(config, schedule, num, progress))
     samples, trajectory = out if config.eval.plots else (out, None)
     samples = decode_finite(source.codec, samples)
     report = {"step": int(state.step), "num_samples": num, "sampler": config.sample.sampler,
@@ -80,12 +124,14 @@ def evaluate(config, workdir: str, model, schedule, state, source) -> dict:
                  **({"labels": labels} if labels is not None else {}))
     if len(source.shape) == 1:
         report.update(_point_quality(config, workdir, schedule, source, samples, trajectory,
-                                     step=report["step"]))
+                                     step=report["step"], log_image=log_image if main else None))
     else:
         report.update(_image_quality(config, workdir, source, samples, labels, trajectory))
+        if main and log_image is not None:
+            log_image("samples", plotting.image_grid(samples[:100], nrow=10))
         if labels is not None and len(config.eval.get("guidance_scales", ())):
             report["guidance_sweep"] = guidance_sweep(config, workdir, model, schedule, state,
-                                                      source, labels)
+                                                      source, labels, progress=progress)
     bad = [name for name, value in report.items()
            if isinstance(value, float) and not np.isfinite(value)]
     if bad:
@@ -97,7 +143,7 @@ def evaluate(config, workdir: str, model, schedule, state, source) -> dict:
 
 
 def _point_quality(config, workdir, schedule, source, samples, trajectory, *,
-                   step: int) -> dict:
+                   step: int, log_image=None) -> dict:
     """Point metrics against two fresh draws (their distance is the floor), and the pictures:
     samples beside data, the reverse trajectory, the forward process."""
     from jaxdiff.metrics.points import point_quality_report
@@ -105,6 +151,9 @@ def _point_quality(config, workdir, schedule, source, samples, trajectory, *,
     fresh_a = source.fresh(len(samples), seed=config.seed + 10_000)["x"]
     fresh_b = source.fresh(len(samples), seed=config.seed + 20_000)["x"]
     report = point_quality_report(samples, fresh_a, fresh_b, seed=config.seed)
+    if log_image is not None:
+        log_image("samples", plotting.samples_vs_data_image(
+            samples, fresh_a, title=f"{source.name}: step {step}"))
     if config.eval.plots and sharding.is_main_process():
         plotting.plot_samples_vs_data(samples, fresh_a, os.path.join(workdir, "samples.png"),
                                       title=f"{source.name}: step {step}")
@@ -135,11 +184,12 @@ def _image_quality(config, workdir, source, images, labels, trajectory) -> dict:
     return report
 
 
-def guidance_sweep(config, workdir, model, schedule, state, source, labels) -> list[dict]:
+def guidance_sweep(config, workdir, model, schedule, state, source, labels, *,
+                   progress=None) -> list[dict]:
     """Sample the same labels from the same noise at each of `config.eval.guidance_scales`
     (one compiled sampler: the scale is traced); for the digits report the classifier's accuracy
     on the requested classes and the digits Fréchet distance per scale. Writes guidance.png:
-    one row per class, one column per scale."""
+    one row per class, one column per scale. `progress` as in `evaluate`, per scale."""
     shape = (len(labels),) + tuple(source.shape)
     rows, sweep = [], []
     for scale in config.eval.guidance_scales:
@@ -147,7 +197,9 @@ def guidance_sweep(config, workdir, model, schedule, state, source, labels) -> l
         # an array scale keeps s = 1 on the guided path too, so every scale shares one compile
         images = decode_finite(source.codec, sample_ema(
             config, model, schedule, state, shape, labels=labels,
-            guidance_scale=np.full(len(labels), scale, np.float32)))
+            guidance_scale=np.full(len(labels), scale, np.float32),
+            progress=sampling_progress(config, schedule, len(labels), progress,
+                                       f" at guidance scale {scale}")))
         entry = {"guidance_scale": float(scale), "sample_seconds": time.perf_counter() - start}
         if config.data.name == "digits":
             metrics = digits_quality(images, labels)

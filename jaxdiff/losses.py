@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from jaxdiff.diffusion import check_objective, model_predictions, q_sample, target_for
+from jaxdiff.diffusion import (check_objective, check_output_shape, model_predictions, q_sample,
+                               target_for)
 from jaxdiff.schedules import Schedule
 
 WEIGHTINGS = ("none", "min_snr", "eps")
@@ -194,6 +195,7 @@ def diffusion_loss(
             model_fn, s, x_t, t, key_self_cond, objective, cond
         )
     output = model_fn(x_t, t, **cond)
+    check_output_shape(output, x_t)
     error = output.astype(jnp.float32) - target_for(objective, s, x0, t, noise)
     error = jnp.square(error) if loss_type == "l2" else jnp.abs(error)
     per_example = error.reshape(batch, -1).mean(axis=1)

@@ -2,7 +2,8 @@
 
 Point data [N, D] is drawn in its first two dimensions only, so arrays with D > 2 still plot
 (D = 1 is drawn against y = 0). Figures use matplotlib's object API with the Agg canvas, so
-nothing touches pyplot's global state or needs a display. Each function returns its path.
+nothing touches pyplot's global state or needs a display. Each `plot_*` / `save_*` function
+returns its path; `samples_vs_data_image` returns the picture as an RGB array (for TensorBoard).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def _limits(*sets: np.ndarray) -> Limits:
     return (low[0] - pad[0], high[0] + pad[0]), (low[1] - pad[1], high[1] + pad[1])
 
 
-def _scatter_row(panels: list[tuple[str, np.ndarray]], path: str,
-                 limits: Limits | None = None) -> str:
+def _scatter_figure(panels: list[tuple[str, np.ndarray]],
+                    limits: Limits | None = None) -> Figure:
     """One row of scatter plots, titled, equal aspect, axes off."""
     if not panels:
         raise ValueError("nothing to plot: the list of panels is empty")
@@ -61,7 +62,21 @@ def _scatter_row(panels: list[tuple[str, np.ndarray]], path: str,
         axis.set_title(title)
         axis.set_aspect("equal", adjustable="box")
         axis.set_axis_off()
-    return _save(figure, path)
+    return figure
+
+
+def _scatter_row(panels: list[tuple[str, np.ndarray]], path: str,
+                 limits: Limits | None = None) -> str:
+    return _save(_scatter_figure(panels, limits), path)
+
+
+def _render(figure: Figure, dpi: int = 100) -> np.ndarray:
+    """The figure drawn by the Agg canvas as an RGB array [H, W, 3] uint8 (white background)."""
+    canvas = FigureCanvasAgg(figure)
+    figure.set_dpi(dpi)
+    figure.set_facecolor("white")
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def plot_forward_process(points_by_t: dict[int, np.ndarray], path: str) -> str:
@@ -76,6 +91,14 @@ def plot_samples_vs_data(samples: np.ndarray, data: np.ndarray, path: str,
     with the same axis limits."""
     panels = [("data", data), (title or "samples", samples)]
     return _scatter_row(panels, path, _limits(data, samples))
+
+
+def samples_vs_data_image(samples: np.ndarray, data: np.ndarray,
+                          title: str | None = None) -> np.ndarray:
+    """`plot_samples_vs_data`'s picture as an RGB array [H, W, 3] uint8 instead of a file, e.g.
+    for TensorBoard's `add_image(..., dataformats="HWC")`."""
+    return _render(_scatter_figure([("data", data), (title or "samples", samples)],
+                                   _limits(data, samples)))
 
 
 def plot_points(points: np.ndarray, path: str, title: str = "samples") -> str:

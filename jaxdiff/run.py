@@ -61,13 +61,14 @@ class Run(NamedTuple):
     def sample(self, num_samples: int, *, seed: int = 0, sampler: str | None = None,
                steps: int | None = None, eta: float | None = None, labels=None,
                return_trajectory: bool = False, guidance_scale=None, guidance_rescale=None,
-               x_T=None, num_devices: int | None = None):
+               x_T=None, num_devices: int | None = None, progress=False):
         """Samples in data space (and the data-space trajectory [S, N, ...] when asked).
 
         `labels` (one class per sample, or one for all) and classifier-free guidance as in
         `sample_model`; `x_T` starts from given model-space noise. The batch is split over
         `num_devices` devices (default: all, every host) in one compiled call; a seed gives the
-        same samples on any device count (to float rounding).
+        same samples on any device count (to float rounding). `progress` as in `sample_model`
+        (True: a progress bar of the reverse steps).
         """
         if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
             raise ConfigError(f"num_samples={num_samples!r} is invalid: it must be an integer "
@@ -88,7 +89,7 @@ class Run(NamedTuple):
             model_fn, self.schedule, self.config, (int(num_samples),) + self.data_shape,
             key=jax.random.key(seed), mesh=mesh, sampler=sampler, steps=steps, eta=eta,
             labels=labels, return_trajectory=return_trajectory, guidance_scale=guidance_scale,
-            guidance_rescale=guidance_rescale, x_T=x_T,
+            guidance_rescale=guidance_rescale, x_T=x_T, progress=progress,
         )
         if return_trajectory:
             return self.to_data_space(out[0]), self.to_data_space(out[1])
@@ -97,11 +98,11 @@ class Run(NamedTuple):
     def sample_classes(self, labels, guidance_scales=(1.0,), num_per_cell: int = 1, *,
                        seed: int = 0, sampler: str | None = None, steps: int | None = None,
                        eta: float | None = None, guidance_rescale=None,
-                       num_devices: int | None = None) -> np.ndarray:
+                       num_devices: int | None = None, progress=False) -> np.ndarray:
         """Data-space samples [len(labels), len(guidance_scales), num_per_cell, ...] in one
         batched (guided) sampler call: row = class, column = guidance scale. Every cell starts
         from the same `num_per_cell` draws of x_T, so along a row only the scale changes (with
-        DDIM eta = 0 nothing else does)."""
+        DDIM eta = 0 nothing else does). `progress` as in `sample_model`."""
         labels = check_labels(labels, self.config.model.num_classes)
         scales = np.asarray(guidance_scales, np.float32).reshape(-1)
         if scales.size == 0 or num_per_cell < 1:
@@ -118,6 +119,7 @@ class Run(NamedTuple):
             guidance_scale=(float(scales[0]) if len(scales) == 1
                             else np.tile(np.repeat(scales, num_per_cell), len(labels))),
             guidance_rescale=guidance_rescale, x_T=x_T, num_devices=num_devices,
+            progress=progress,
         )
         return out.reshape(cells + out.shape[1:])
 
@@ -140,8 +142,12 @@ def decode_finite(codec, x) -> np.ndarray:
 
 def sample_model(model_fn, schedule: Schedule, config, shape, *, key, sampler=None, steps=None,
                  eta=None, labels=None, return_trajectory=False, guidance_scale=None,
-                 guidance_rescale=None, x_T=None):
+                 guidance_rescale=None, x_T=None, progress=False):
     """Run the sampler chosen in `config.sample` (overridable) in model space.
+
+    `progress` goes to the sampler: False (default) shows nothing, True a tqdm bar of the
+    reverse steps, a callable is called as `progress(done, total)` from the host as the compiled
+    loop advances; `num_model_calls` gives the total.
 
     A class-conditional model samples the classes `labels` (one per sample, or one for all;
     checked against [0, model.num_classes)), or unconditionally (its null class) without them.
@@ -161,7 +167,8 @@ def sample_model(model_fn, schedule: Schedule, config, shape, *, key, sampler=No
     cond, guidance = _conditioning(config, shape[0], labels, guidance_scale, guidance_rescale)
     common = dict(key=key, shape=shape, objective=config.diffusion.objective,
                   clip_x0=options.clip_x0, return_trajectory=return_trajectory,
-                  self_condition=config.model.self_condition, cond=cond, x_T=x_T, **guidance)
+                  self_condition=config.model.self_condition, cond=cond, x_T=x_T,
+                  progress=progress, **guidance)
     if sampler == "ddpm":
         return ddpm_sample(model_fn, schedule, variance=options.variance, **common)
     if sampler == "ddim":
@@ -173,10 +180,23 @@ def sample_model(model_fn, schedule: Schedule, config, shape, *, key, sampler=No
     raise ConfigError(f"sampler={sampler!r} is invalid: one of {', '.join(SAMPLERS)}")
 
 
+def num_model_calls(config, schedule: Schedule, sampler: str | None = None,
+                    steps: int | None = None) -> int:
+    """How many reverse steps (one model call each, on a doubled batch with guidance) the
+    sampler of `config.sample` (or `sampler`, `steps`) takes: T for DDPM, the steps for DDIM."""
+    sampler = sampler or config.sample.sampler
+    if sampler == "ddpm":
+        return schedule.timesteps
+    return int(config.sample.steps if steps is None else steps)
+
+
 def sample_sharded(model_fn, schedule: Schedule, config, shape, *, key, mesh, labels=None,
-                   x_T=None, guidance_scale=None, guidance_rescale=None, **kwargs):
+                   x_T=None, guidance_scale=None, guidance_rescale=None, progress=False,
+                   **kwargs):
     """`sample_model` with the batch split over `mesh`'s devices in one compiled call; returns
-    host numpy arrays (the global values on every host).
+    host numpy arrays (the global values on every host). `progress` as in `sample_model`; a
+    bar or callable compiles a variant of the sampler, so in a multi-process job give every
+    process the same kind (e.g. a callable that does nothing on all but one).
 
     The batch is padded to a multiple of the device count and the padding dropped afterwards.
     x_T is drawn exactly as the unsharded sampler draws it, but directly in the batch-sharded
@@ -196,7 +216,7 @@ def sample_sharded(model_fn, schedule: Schedule, config, shape, *, key, mesh, la
         x_T = jax.device_put(pad(np.asarray(x_T, np.float32)), sharding.batch_sharding(mesh))
     out = sample_model(model_fn, schedule, config, (padded,) + rest, key=key, labels=pad(labels),
                        x_T=x_T, guidance_scale=pad(guidance_scale),
-                       guidance_rescale=pad(guidance_rescale), **kwargs)
+                       guidance_rescale=pad(guidance_rescale), progress=progress, **kwargs)
     out = sharding.to_host(out)
     if kwargs.get("return_trajectory"):
         return out[0][:count], out[1][:, :count]

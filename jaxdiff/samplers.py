@@ -1,25 +1,36 @@
 """Reverse-process samplers: ancestral DDPM and (stochastic) DDIM.
 
 Each sampler is one step function and one `lax.scan` over the whole reverse loop, compiled once by
-`jax.jit` per (shape, step count, static options). The model enters as a pytree: a
-`functools.partial(model.apply, params)` is turned into a `jax.tree_util.Partial`, whose function is
-static (hashed: equal Flax modules hit the same cache entry) and whose bound arguments (the
-parameters) are traced. Calling a sampler again with new parameters, a new key, a new eta or a new
-x_T therefore reuses the compiled loop.
+`jax.jit` per (shape, step count, static options). Parameters, key, eta, x_T and guidance scales
+are traced: calling a sampler again with new values reuses the compiled loop.
 
-A model is `model_fn(x_t, t, **cond) -> output` with t an int32 [B] array; with
+The model contract: `model_fn(x_t, t, **cond) -> output`, with x_t float32 [B, ...] (points
+[B, D], images NHWC), t int32 [B] in [0, T) (every example at the same step), `cond` the extra
+inputs given to the sampler (e.g. `labels` [B]), and output shaped like x_t: eps, x0 or v as
+`objective` says. A wrong output shape is a ValueError at trace time. With
 `self_condition=True` it also takes `x_self_cond`, the previous step's x0 estimate (zeros at the
 first step), as in denoising-diffusion-pytorch.
+
+`model_fn` may be `functools.partial(model.apply, params)` (a Flax Linen model: the parameters
+are traced leaves), a closure or function that uses weights it does not take as arguments, a
+bound method, or a Flax NNX / Equinox module: every array it captures is found by one trace and
+passed to the compiled loop as an argument (`jaxdiff.compilation.as_pytree_fn`), so new weights
+give new samples, never the old model's, and one compilation serves every weight value.
 
 Classifier-free guidance (Ho & Salimans 2022) is a model wrapper,
 `jaxdiff.guidance.classifier_free_guidance`, that every sampler applies when given
 `guidance_scale`: the guided prediction is computed by one batched model call inside the same
 compiled loop, with the scale traced.
+
+`progress=True` shows a progress bar of the reverse steps, and `progress=callable` calls
+`callable(done, total)` on the host, from inside the compiled loop (`jax.debug.callback`, about
+100 reports per loop); it compiles a variant of the loop once, and never changes the samples.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Callable, Mapping
 
 import jax
@@ -27,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from jaxdiff.compilation import jit
-from jaxdiff.diffusion import check_objective, extract, model_predictions, q_posterior
+from jaxdiff.compilation import jit, trace_captured_arrays
+from jaxdiff.diffusion import (check_objective, check_output_shape, extract, model_predictions,
+                               q_posterior)
 from jaxdiff.guidance import _guided_model_fn
 from jaxdiff.schedules import Schedule
 
@@ -97,7 +109,67 @@ def _call_model(model_fn, x, t, cond, x_self_cond):
     kwargs = dict(cond)
     if x_self_cond is not None:
         kwargs["x_self_cond"] = x_self_cond
-    return model_fn(x, jnp.full((x.shape[0],), t, jnp.int32), **kwargs)
+    output = model_fn(x, jnp.full((x.shape[0],), t, jnp.int32), **kwargs)
+    check_output_shape(output, x)
+    return output
+
+
+def _prepare_model(model_fn, shape, cond, self_condition, guidance_scale, guidance_rescale,
+                   null_cond):
+    """The model as a pytree with every captured array traced (guided when given a scale)."""
+    model_fn = _guided_model_fn(model_fn, cond, shape, guidance_scale, guidance_rescale, null_cond)
+    example = dict(cond)
+    if self_condition:
+        example["x_self_cond"] = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return trace_captured_arrays(model_fn, jax.ShapeDtypeStruct(shape, jnp.float32),
+                                 jax.ShapeDtypeStruct(shape[:1], jnp.int32), **example)
+
+
+# Progress reports from inside compiled loops: the loop passes a traced token, the host looks up
+# the handler registered for it, so a new handler never recompiles.
+_PROGRESS_HANDLERS: dict[int, Callable[[int, int], None]] = {}
+_PROGRESS_TOKENS = itertools.count()
+
+
+def _report(token, done, total: int) -> None:
+    handler = _PROGRESS_HANDLERS.get(int(token))
+    if handler is not None:
+        handler(int(done), total)
+
+
+def _maybe_report(report: bool, token, index, total: int) -> None:
+    """Inside a loop: report step `index + 1` of `total`, about 100 times per loop."""
+    if not report:
+        return
+    every = max(1, total // 100)
+    done = index + 1
+    jax.lax.cond(
+        (done % every == 0) | (done == total),
+        lambda: jax.debug.callback(functools.partial(_report, total=total), token, done),
+        lambda: None,
+    )
+
+
+def _run_with_progress(progress, total: int, description: str, loop):
+    """Call `loop(report, token)` with `progress` (False, True for a bar, or a callable
+    (done, total)) registered for the duration of the computation."""
+    if not progress:
+        return loop(False, jnp.int32(0))
+    if callable(progress):
+        handler, bar = progress, None
+    else:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=description, unit="step", dynamic_ncols=True, leave=False)
+        handler = lambda done, _: bar.update(max(0, done - bar.n))  # noqa: E731
+    token = next(_PROGRESS_TOKENS) % 2**31
+    _PROGRESS_HANDLERS[token] = handler
+    try:
+        return jax.block_until_ready(loop(True, jnp.int32(token)))
+    finally:
+        del _PROGRESS_HANDLERS[token]
+        if bar is not None:
+            bar.close()
 
 
 def _start(key, x_T, shape):
@@ -116,10 +188,10 @@ def _finish(x, trajectory, x_T, return_trajectory):
 @functools.partial(
     jit,
     static_argnames=("shape", "objective", "clip_x0", "variance", "self_condition",
-                     "return_trajectory"),
+                     "return_trajectory", "report"),
 )
-def _ddpm_loop(model_fn, s, key, x_T, cond, *, shape, objective, clip_x0, variance,
-               self_condition, return_trajectory):
+def _ddpm_loop(model_fn, s, key, x_T, cond, token, *, shape, objective, clip_x0, variance,
+               self_condition, return_trajectory, report):
     x_T, key = _start(key, x_T, shape)
 
     def step(carry, t):
@@ -134,6 +206,7 @@ def _ddpm_loop(model_fn, s, key, x_T, cond, *, shape, objective, clip_x0, varian
             std = jnp.sqrt(extract(s.betas, t_batch, x.ndim))
         noise = jax.random.normal(jax.random.fold_in(key, t), shape, x.dtype)
         x_prev = mean + jnp.where(t > 0, std, 0.0) * noise
+        _maybe_report(report, token, s.timesteps - 1 - t, s.timesteps)
         return (x_prev, pred.x0), (x_prev if return_trajectory else None)
 
     times = jnp.arange(s.timesteps - 1, -1, -1, dtype=jnp.int32)
@@ -157,6 +230,7 @@ def ddpm_sample(
     guidance_scale=None,
     guidance_rescale=0.0,
     null_cond: Mapping[str, Array] | None = None,
+    progress=False,
 ):
     """Ancestral sampling of Ho et al. 2020 (algorithm 2) over all T steps.
 
@@ -164,9 +238,15 @@ def ddpm_sample(
     `q_posterior` evaluated at the model's x0 estimate, sigma_t^2 the posterior variance
     ("fixed_small") or beta_t ("fixed_large"), and no noise at t = 0.
 
+    model_fn: `model_fn(x_t, t, **cond)`, x_t float32 `shape`, t int32 [B] in [0, T), returning
+      an array shaped like x_t (what `objective` names). Any callable (see the module docstring):
+      captured weights are traced, never baked in.
+    clip_x0: clip the x0 estimate to [-1, 1] at every step (and re-derive eps from the clipped
+      x0), as denoising-diffusion-pytorch does for images in [-1, 1]. Turn it off for data not
+      bounded by [-1, 1], such as standardised points: there it clamps every sample into a box.
     Returns samples of `shape`, or (samples, trajectory) with trajectory [T + 1, *shape] holding
     x_T, x_{T-1}, ..., x_0 when `return_trajectory`. `cond` holds extra model inputs (e.g.
-    class labels) passed as keywords to `model_fn`.
+    class labels) passed as keywords to `model_fn`. `progress`: see the module docstring.
 
     Classifier-free guidance: with `guidance_scale` s (a number or one per example; traced, so
     new scales do not recompile) every step uses `classifier_free_guidance(model_fn, s,
@@ -178,13 +258,15 @@ def ddpm_sample(
         raise ValueError(f"unknown variance={variance!r}; choose one of {', '.join(VARIANCES)}")
     shape = _check_shape(shape)
     cond = dict(cond or {})
-    model_fn = _guided_model_fn(model_fn, cond, shape, guidance_scale, guidance_rescale, null_cond)
-    return _ddpm_loop(
-        model_fn, s, key, _check_x_T(x_T, shape), cond, shape=shape,
-        objective=objective,
+    model_fn = _prepare_model(model_fn, shape, cond, self_condition, guidance_scale,
+                              guidance_rescale, null_cond)
+    x_T = _check_x_T(x_T, shape)
+    loop = lambda report, token: _ddpm_loop(  # noqa: E731
+        model_fn, s, key, x_T, cond, token, shape=shape, objective=objective,
         clip_x0=bool(clip_x0), variance=variance, self_condition=bool(self_condition),
-        return_trajectory=bool(return_trajectory),
+        return_trajectory=bool(return_trajectory), report=report,
     )
+    return _run_with_progress(progress, s.timesteps, "DDPM", loop)
 
 
 def ddim_coefficients(alpha_cumprod: Array, alpha_cumprod_next: Array, eta) -> tuple[Array, Array]:
@@ -194,27 +276,36 @@ def ddim_coefficients(alpha_cumprod: Array, alpha_cumprod_next: Array, eta) -> t
     c     = sqrt(1 - abar_next - sigma^2)                                        (eq. 12)
     so x_next = sqrt(abar_next) x0_hat + c eps_hat + sigma z.
     """
-    sigma = eta * jnp.sqrt(
+    sigma = eta * _safe_sqrt(
         (1.0 - alpha_cumprod_next) / (1.0 - alpha_cumprod)
         * (1.0 - alpha_cumprod / alpha_cumprod_next)
     )
-    coefficient = jnp.sqrt(jnp.maximum(1.0 - alpha_cumprod_next - sigma**2, 0.0))
+    coefficient = _safe_sqrt(1.0 - alpha_cumprod_next - sigma**2)
     return sigma, coefficient
+
+
+def _safe_sqrt(value: Array) -> Array:
+    """sqrt(max(value, 0)) with a zero (not NaN) gradient where value <= 0: the last DDIM step
+    (abar_next = 1) has sigma = c = 0, and d sqrt(u)/du at u = 0 would make every gradient with
+    respect to eta NaN."""
+    positive = value > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, value, 1.0)), 0.0)
 
 
 @functools.partial(
     jit,
     static_argnames=("shape", "num_steps", "objective", "clip_x0", "timestep_spacing",
-                     "self_condition", "return_trajectory"),
+                     "self_condition", "return_trajectory", "report"),
 )
-def _ddim_loop(model_fn, s, key, x_T, cond, eta, *, shape, num_steps, objective, clip_x0,
-               timestep_spacing, self_condition, return_trajectory):
+def _ddim_loop(model_fn, s, key, x_T, cond, eta, token, *, shape, num_steps, objective, clip_x0,
+               timestep_spacing, self_condition, return_trajectory, report):
     x_T, key = _start(key, x_T, shape)
     pairs = jnp.asarray(ddim_timesteps(s.timesteps, num_steps, timestep_spacing))
     alphas_cumprod = jnp.asarray(s.alphas_cumprod)
 
-    def step(carry, pair):
+    def step(carry, scanned):
         x, x0_prev = carry
+        pair, index = scanned
         t, t_next = pair[0], pair[1]
         t_batch = jnp.full((shape[0],), t, jnp.int32)
         output = _call_model(model_fn, x, t, cond, x0_prev if self_condition else None)
@@ -224,9 +315,11 @@ def _ddim_loop(model_fn, s, key, x_T, cond, eta, *, shape, num_steps, objective,
         sigma, coefficient = ddim_coefficients(alpha_cumprod, alpha_cumprod_next, eta)
         noise = jax.random.normal(jax.random.fold_in(key, t), shape, x.dtype)
         x_next = jnp.sqrt(alpha_cumprod_next) * pred.x0 + coefficient * pred.eps + sigma * noise
+        _maybe_report(report, token, index, num_steps)
         return (x_next, pred.x0), (x_next if return_trajectory else None)
 
-    (x, _), trajectory = jax.lax.scan(step, (x_T, jnp.zeros_like(x_T)), pairs)
+    (x, _), trajectory = jax.lax.scan(step, (x_T, jnp.zeros_like(x_T)),
+                                      (pairs, jnp.arange(num_steps, dtype=jnp.int32)))
     return _finish(x, trajectory, x_T, return_trajectory)
 
 
@@ -248,6 +341,7 @@ def ddim_sample(
     guidance_scale=None,
     guidance_rescale=0.0,
     null_cond: Mapping[str, Array] | None = None,
+    progress=False,
 ):
     """DDIM sampling (Song et al. 2021, eq. 12) on `num_steps` of the T training times.
 
@@ -257,8 +351,10 @@ def ddim_sample(
     abar = 1 and returns x0_hat. `eta` is traced: changing it does not recompile.
 
     Returns samples of `shape`, or (samples, trajectory [num_steps + 1, *shape]) with
-    `return_trajectory`. See `ddim_timesteps` for `timestep_spacing`; `cond`, `guidance_scale`,
-    `guidance_rescale` and `null_cond` are as in `ddpm_sample` (classifier-free guidance).
+    `return_trajectory`. See `ddim_timesteps` for `timestep_spacing`; `model_fn`, `clip_x0`
+    (clips x0 to [-1, 1]: off for data outside that range), `cond`, `guidance_scale`,
+    `guidance_rescale`, `null_cond` and `progress` are as in `ddpm_sample`. Differentiable with
+    respect to eta, x_T and the weights (the gradient with respect to eta is finite).
     """
     check_objective(objective)
     check_num_steps(num_steps, s.timesteps)
@@ -272,11 +368,13 @@ def ddim_sample(
         raise ValueError(f"eta must be finite and >= 0, got eta={eta}")
     shape = _check_shape(shape)
     cond = dict(cond or {})
-    model_fn = _guided_model_fn(model_fn, cond, shape, guidance_scale, guidance_rescale, null_cond)
-    return _ddim_loop(
-        model_fn, s, key, _check_x_T(x_T, shape), cond,
-        jnp.asarray(eta, jnp.float32), shape=shape,
-        num_steps=int(num_steps), objective=objective, clip_x0=bool(clip_x0),
-        timestep_spacing=timestep_spacing, self_condition=bool(self_condition),
-        return_trajectory=bool(return_trajectory),
+    model_fn = _prepare_model(model_fn, shape, cond, self_condition, guidance_scale,
+                              guidance_rescale, null_cond)
+    x_T, eta = _check_x_T(x_T, shape), jnp.asarray(eta, jnp.float32)
+    loop = lambda report, token: _ddim_loop(  # noqa: E731
+        model_fn, s, key, x_T, cond, eta, token, shape=shape, num_steps=int(num_steps),
+        objective=objective, clip_x0=bool(clip_x0), timestep_spacing=timestep_spacing,
+        self_condition=bool(self_condition), return_trajectory=bool(return_trajectory),
+        report=report,
     )
+    return _run_with_progress(progress, int(num_steps), "DDIM", loop)

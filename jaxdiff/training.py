@@ -1,9 +1,21 @@
-"""Train state, optimiser, EMA and the jitted train step, and how a config sets them up.
+"""Train state, optimiser, EMA and the jitted train step, for jaxdiff's models and your own.
 
 The state is a pytree of arrays only (step, params, EMA params, optimiser state, base RNG key
 data), so Orbax saves and restores it as is; the model, the optimiser's update function and the
 schedule stay outside it. Randomness per step is `fold_in(base_key, step)`: a resumed run draws
 exactly the noise the uninterrupted run would have drawn.
+
+Your own model trains with the same step as train.py: any `apply_fn(params, x_t, t, **cond)`
+returning an array shaped like x_t (a Flax Linen `model.apply`, `nnx.merge(graphdef, state)(...)`
+for a Flax NNX module, a plain function), with `takes_key=True` when it needs a fresh PRNG key
+per step (dropout), which it then receives as `key=`:
+
+    optimizer = make_optimizer(2e-4, warmup_steps=100)
+    state = create_train_state(params, optimizer, jax.random.key(0))
+    step = make_train_step(apply_fn, optimizer, schedule, ema_decay=0.999)
+    for batch in batches:                      # {"x": [B, ...], optional "labels": [B]}
+        state, metrics = step(state, batch)    # the old state is donated: use the new one
+    samples = ddim_sample(functools.partial(apply_fn, state.ema_params), schedule, ...)
 """
 
 from __future__ import annotations
@@ -35,6 +47,24 @@ class TrainState(flax.struct.PyTreeNode):
     skip_streak: Array = None  # int32: consecutive skipped steps up to now
 
 
+def learning_rate_schedule(learning_rate: float, *, warmup_steps: int = 0,
+                           total_steps: int | None = None,
+                           decay: str = "constant") -> optax.Schedule:
+    """The learning rate as a function of optax's update count: linear warm-up from 0 to
+    `learning_rate` over max(warmup_steps, 1) updates, then constant, or cosine decay to 0 at
+    `total_steps`."""
+    warmup = max(warmup_steps, 1)
+    if decay == "cosine":
+        if not total_steps:
+            raise ValueError("cosine learning-rate decay needs total_steps")
+        return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup,
+                                                  max(total_steps, warmup_steps + 1))
+    if decay == "constant":
+        return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup),
+                                     optax.constant_schedule(learning_rate)], [warmup])
+    raise ValueError(f"unknown optim.decay={decay!r}; choose constant or cosine")
+
+
 def make_optimizer(
     learning_rate: float,
     *,
@@ -46,22 +76,10 @@ def make_optimizer(
     weight_decay: float = 0.0,
     grad_clip: float = 1.0,
 ) -> optax.GradientTransformation:
-    """AdamW (Loshchilov & Hutter 2019) with linear warm-up, optional cosine decay, and clipping
-    of the global gradient norm to `grad_clip` (0 disables clipping)."""
-    if decay == "cosine":
-        if not total_steps:
-            raise ValueError("cosine learning-rate decay needs total_steps")
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, learning_rate, max(warmup_steps, 1), max(total_steps, warmup_steps + 1)
-        )
-    elif decay == "constant":
-        schedule = optax.join_schedules(
-            [optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1)),
-             optax.constant_schedule(learning_rate)],
-            [max(warmup_steps, 1)],
-        )
-    else:
-        raise ValueError(f"unknown optim.decay={decay!r}; choose constant or cosine")
+    """AdamW (Loshchilov & Hutter 2019) with `learning_rate_schedule` and clipping of the global
+    gradient norm to `grad_clip` (0 disables clipping)."""
+    schedule = learning_rate_schedule(learning_rate, warmup_steps=warmup_steps,
+                                      total_steps=total_steps, decay=decay)
     parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip > 0 else []
     parts.append(optax.adamw(schedule, b1=b1, b2=b2, weight_decay=weight_decay))
     return optax.chain(*parts)
@@ -91,10 +109,11 @@ def all_finite(tree) -> Array:
 
 
 def create_train_state(params, optimizer: optax.GradientTransformation, key: Array) -> TrainState:
-    """A fresh state at step 0 whose EMA starts at the initial parameters."""
+    """A fresh state at step 0 whose EMA starts at the initial parameters. The state holds
+    copies: the train step donates its state, and `params` stay usable by the caller."""
     return TrainState(
         step=jnp.zeros((), jnp.int32),
-        params=params,
+        params=jax.tree.map(jnp.copy, params),
         ema_params=jax.tree.map(jnp.copy, params),
         opt_state=optimizer.init(params),
         rng=jax.random.key_data(key),
@@ -108,6 +127,24 @@ def step_key(state: TrainState) -> Array:
     return jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
 
+class LinenApply:
+    """`apply_fn` for a Flax Linen model of jaxdiff's kind (`train` flag, "dropout" rng):
+    `(params, x_t, t, key=key, **cond) -> model.apply(params, x_t, t, train=True,
+    rngs={"dropout": key}, **cond)`; use with `takes_key=True`. Compared by the model's value."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, params, x_t, t, *, key, **cond):
+        return self.model.apply(params, x_t, t, train=True, rngs={"dropout": key}, **cond)
+
+    def __eq__(self, other):
+        return isinstance(other, LinenApply) and self.model == other.model
+
+    def __hash__(self):
+        return hash(self.model)
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, Array],
@@ -115,23 +152,36 @@ def train_step(
     apply_fn: Callable[..., Array],
     optimizer: optax.GradientTransformation,
     schedule: Schedule,
-    loss_kwargs: dict[str, Any],
-    ema_decay: float,
-    ema_warmup: bool,
+    loss_kwargs: dict[str, Any] | None = None,
+    ema_decay: float = 0.9999,
+    ema_warmup: bool = True,
+    takes_key: bool = False,
 ) -> tuple[TrainState, dict[str, Array]]:
-    """One optimiser step on `batch["x"]` (plus `batch["labels"]` for conditional models).
+    """One optimiser step on `batch["x"]` (other entries of `batch`, e.g. "labels", are passed
+    to the model as keywords).
 
-    A callable `loss_kwargs["cond_drop_prob"]` is a schedule of the step (`cond_drop_schedule`):
-    its value at `state.step` is the label-dropout probability, and is logged.
+    apply_fn: `apply_fn(params, x_t, t, **cond)` -> an array shaped like x_t (eps, x0 or v, as
+      `loss_kwargs["objective"]` says; default pred_noise); with `takes_key` it also receives
+      `key=`, a PRNG key drawn afresh each step (for dropout).
+    loss_kwargs: `diffusion_loss` arguments (objective, loss_type, weighting, self_condition,
+      null_cond and cond_drop_prob for classifier-free guidance training). A callable
+      `cond_drop_prob` is a schedule of the step (`cond_drop_schedule`): its value at
+      `state.step` is the label-dropout probability, and is logged.
+    ema_decay, ema_warmup: the EMA of the parameters (`ema_decay_at`, `ema_update`).
+
+    A non-finite loss, gradient or update leaves the state unchanged except the step and the
+    skip counters (`skipped`, `skip_streak`), so a state never holds NaN or inf.
+    Returns (new state, metrics: loss, grad_norm, skipped[, cond_drop_prob]).
     """
     key_loss, key_dropout = jax.random.split(step_key(state))
     cond = {name: value for name, value in batch.items() if name != "x"}
-    loss_kwargs = dict(loss_kwargs)
+    loss_kwargs = dict(loss_kwargs or {})
     if callable(loss_kwargs.get("cond_drop_prob")):
         loss_kwargs["cond_drop_prob"] = loss_kwargs["cond_drop_prob"](state.step)
 
     def loss_fn(params):
-        model_fn = functools.partial(apply_fn, params, train=True, rngs={"dropout": key_dropout})
+        model_fn = (functools.partial(apply_fn, params, key=key_dropout) if takes_key
+                    else functools.partial(apply_fn, params))
         loss, per_example = diffusion_loss(model_fn, schedule, batch["x"], key_loss, cond=cond,
                                            **loss_kwargs)
         return loss, per_example
@@ -162,10 +212,12 @@ def train_step(
     return new_state, metrics
 
 
-def make_train_step(apply_fn, optimizer, schedule: Schedule, *, loss_kwargs: dict[str, Any],
-                    ema_decay: float, ema_warmup: bool = True, mesh=None,
+def make_train_step(apply_fn, optimizer, schedule: Schedule, *,
+                    loss_kwargs: dict[str, Any] | None = None, ema_decay: float = 0.9999,
+                    ema_warmup: bool = True, takes_key: bool = False, mesh=None,
                     steps_per_call: int = 1):
-    """`train_step` with everything but (state, batch) bound, jitted with the state donated.
+    """`train_step` with everything but (state, batch) bound, jitted with the state donated
+    (the state passed in is consumed: keep only the returned one). Compiled once per batch shape.
 
     mesh: a `jaxdiff.sharding.make_mesh()` mesh: the state comes out replicated on it (pass the
     batch sharded over it with `sharding.global_batch`). None: the default device.
@@ -176,7 +228,8 @@ def make_train_step(apply_fn, optimizer, schedule: Schedule, *, loss_kwargs: dic
         raise ValueError(f"steps_per_call={steps_per_call} is invalid: an integer >= 1")
     step = functools.partial(
         train_step, apply_fn=apply_fn, optimizer=optimizer, schedule=schedule,
-        loss_kwargs=dict(loss_kwargs), ema_decay=ema_decay, ema_warmup=ema_warmup,
+        loss_kwargs=dict(loss_kwargs or {}), ema_decay=ema_decay, ema_warmup=ema_warmup,
+        takes_key=takes_key,
     )
     if steps_per_call > 1:
         single = step
@@ -207,6 +260,13 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
         decay=optim.decay, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay,
         grad_clip=optim.grad_clip,
     )
+
+
+def build_learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
+    """The learning-rate schedule inside `build_optimizer(config)` (for logging)."""
+    optim = config.optim
+    return learning_rate_schedule(optim.lr, warmup_steps=optim.warmup_steps,
+                                  total_steps=config.train.steps, decay=optim.decay)
 
 
 def loss_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -1,11 +1,10 @@
-"""Shared pieces of the tests that are not fixtures: configs by file name, the tiny toy run's
+"""Shared pieces of the tests that are not fixtures: packaged configs by name, the tiny toy run's
 config (as a ConfigDict and as train.py flags), running the scripts as a user would, a few
 assertions, and the test models and sources that several test files use.
 
 Fixtures built on these live in conftest.py; reference maths lives in oracles.py.
 """
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -18,18 +17,15 @@ import pytest
 from oracles import uint8_levels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(ROOT, "configs")
 
 
 # --- configs -----------------------------------------------------------------------------------
 
 def load_config(name, arg=""):
-    """`get_config(arg)` of configs/<name>.py, loaded from its file (configs/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"config_{name}",
-                                                  os.path.join(CONFIGS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    """`get_config(arg)` of the packaged config `name` (jaxdiff/configs/<name>.py), unlocked."""
+    from jaxdiff import configs
+
+    return configs.get_config(name, arg)
 
 
 def set_fields(config, fields):
@@ -53,14 +49,14 @@ TINY_TOY = {
 
 
 def tiny_toy_config(**overrides):
-    """configs/toy2d.py with TINY_TOY and then `overrides` ({"section.name": value}) applied."""
+    """The toy2d config with TINY_TOY and then `overrides` ({"section.name": value}) applied."""
     return set_fields(load_config("toy2d"), {**TINY_TOY, **overrides})
 
 
 def tiny_toy_flags(**overrides):
     """train.py's arguments for the config of `tiny_toy_config(**overrides)`."""
     fields = {**TINY_TOY, **overrides}
-    return ["--config=configs/toy2d.py"] + [
+    return ["--config=toy2d"] + [
         f"--config.{field}={str(value).lower() if isinstance(value, bool) else value}"
         for field, value in fields.items()]
 

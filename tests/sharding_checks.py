@@ -22,7 +22,8 @@ from jaxdiff.checkpoint import Checkpointer  # noqa: E402
 from jaxdiff.losses import diffusion_loss  # noqa: E402
 from jaxdiff.models import MLPDenoiser  # noqa: E402
 from jaxdiff.models.unet import Unet  # noqa: E402
-from jaxdiff.training import create_train_state, make_optimizer, make_train_step  # noqa: E402
+from jaxdiff.training import (LinenApply, create_train_state, make_optimizer,  # noqa: E402
+                              make_train_step)
 
 
 def _setup(model_name):
@@ -51,14 +52,14 @@ def train_equivalence(model_name="mlp", steps="3", per_call="1"):
     kwargs = dict(loss_kwargs={"objective": "pred_noise"}, ema_decay=0.9)
     batches = [{"x": np.roll(x, i, axis=0)} for i in range(steps)]
 
-    single = make_train_step(model.apply, optimizer, schedule, **kwargs)
+    single = make_train_step(LinenApply(model), optimizer, schedule, takes_key=True, **kwargs)
     one = jax.tree.map(lambda a: jnp.array(a, copy=True), state)  # the step donates its input
     for batch in batches:
         one, _ = single(one, batch)
 
     mesh = sharding.make_mesh()
-    step = make_train_step(model.apply, optimizer, schedule, mesh=mesh, steps_per_call=per_call,
-                           **kwargs)
+    step = make_train_step(LinenApply(model), optimizer, schedule, mesh=mesh,
+                           steps_per_call=per_call, takes_key=True, **kwargs)
     many = sharding.put_replicated(state, mesh)
     for start in range(0, steps, per_call):
         chunk = batches[start:start + per_call]
@@ -109,8 +110,8 @@ def save(workdir):
     """Train 2 steps on all devices and save the sharded (replicated) state."""
     model, optimizer, schedule, state, x = _setup("mlp")
     mesh = sharding.make_mesh()
-    step = make_train_step(model.apply, optimizer, schedule, loss_kwargs={}, ema_decay=0.9,
-                           mesh=mesh)
+    step = make_train_step(LinenApply(model), optimizer, schedule, loss_kwargs={}, ema_decay=0.9,
+                           takes_key=True, mesh=mesh)
     state = sharding.put_replicated(state, mesh)
     for _ in range(2):
         state, _ = step(state, sharding.global_batch({"x": x}, mesh))

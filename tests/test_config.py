@@ -10,11 +10,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxdiff.config import validate_config
+from jaxdiff.config import config_warnings, validate_config
 from jaxdiff.errors import ConfigError
 from jaxdiff.models import build_model
 from jaxdiff.train_loop import prepare
 from jaxdiff.training import (
+    LinenApply,
     build_optimizer,
     build_schedule,
     init_train_state,
@@ -61,8 +62,8 @@ def test_fashion_mnist_cfg_is_the_seed_recipe_and_reads_mock_data():
     # the whole train step traces (abstractly: nothing is compiled) with dropout on the labels
     optimizer = build_optimizer(config)
     state = jax.eval_shape(lambda: init_train_state(config, model, optimizer, source.shape))
-    step = make_train_step(model.apply, optimizer, build_schedule(config),
-                           loss_kwargs=loss_kwargs(config), ema_decay=0.0)
+    step = make_train_step(LinenApply(model), optimizer, build_schedule(config),
+                           loss_kwargs=loss_kwargs(config), ema_decay=0.0, takes_key=True)
     _, metrics = jax.eval_shape(step, state, batch)
     assert metrics["cond_drop_prob"].shape == ()
 
@@ -162,3 +163,15 @@ def test_a_path_with_a_data_set_that_reads_none_is_refused():
 def test_a_config_without_sections_names_the_first_missing_field():
     with pytest.raises(ConfigError, match="config.seed is missing"):
         validate_config(ml_collections.ConfigDict())
+
+
+# --- warnings ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("warmup, steps, warned", [(0, 1, False), (99, 100, False),
+                                                   (100, 100, True), (500, 300, True)])
+def test_a_warm_up_as_long_as_the_run_is_warned(warmup, steps, warned):
+    config = set_fields(load_config("toy2d"), {"optim.warmup_steps": warmup, "train.steps": steps})
+    validate_config(config)  # valid, only probably not meant
+    expected = [f"config.optim.warmup_steps={warmup} >= config.train.steps={steps}: the run "
+                f"trains only during warm-up (the learning rate never reaches optim.lr=0.001)"]
+    assert config_warnings(config) == (expected if warned else [])

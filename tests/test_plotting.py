@@ -60,3 +60,15 @@ def test_image_grid_places_images_in_row_order():
     assert grid.shape == (2 * 3 + 1, 2 * 3 + 1, 1)
     assert grid[1, 1, 0] == 0 and grid[1, 4, 0] == 100 and grid[4, 1, 0] == 200
     assert grid[4, 4, 0] == 255  # the empty fourth slot stays white
+
+
+def test_samples_vs_data_image_is_the_picture_as_an_array(tmp_path):
+    """The TensorBoard picture: RGB uint8 on white, two panels side by side, green dots."""
+    rng = np.random.default_rng(5)
+    picture = plotting.samples_vs_data_image(rng.normal(size=(500, 2)),
+                                             rng.normal(size=(500, 2)) + 3, title="step 7")
+    height, width, channels = picture.shape
+    assert picture.dtype == np.uint8 and channels == 3 and width == 2 * height
+    assert (picture[0, 0] == 255).all()
+    green = (picture[..., 1].astype(int) - picture[..., 0].astype(int)) > 60
+    assert green[:, :width // 2].sum() > 100 and green[:, width // 2:].sum() > 100

@@ -92,3 +92,41 @@ def test_non_finite_samples_are_refused(toy_run):
     poisoned = jax.tree.map(lambda p: p * jnp.nan, run.params)
     with pytest.raises(NonFiniteError, match="NaN or infinite"):
         run._replace(params=poisoned).sample(4)
+
+
+def test_run_sample_reports_progress_without_changing_the_samples(toy_run):
+    """A progress callable sees the reverse steps advance to T (DDPM) or the DDIM steps, and the
+    samples are those drawn without it."""
+    from jaxdiff.run import num_model_calls
+
+    run = load_run(toy_run)
+    for sampler, steps, total in (("ddpm", None, 20), ("ddim", 4, 4)):
+        assert num_model_calls(run.config, run.schedule, sampler, steps) == total
+        calls = []
+        with_progress = run.sample(8, seed=1, sampler=sampler, steps=steps,
+                                   progress=lambda done, count: calls.append((done, count)))
+        np.testing.assert_array_equal(with_progress, run.sample(8, seed=1, sampler=sampler,
+                                                                steps=steps))
+        assert {count for _, count in calls} == {total} and max(calls)[0] == total
+
+
+def test_sampling_progress_is_a_bar_on_a_terminal_and_a_line_otherwise(toy_run, monkeypatch,
+                                                                       capsys):
+    import io
+    import sys
+
+    from jaxdiff.evaluate import sampling_progress
+
+    run = load_run(toy_run)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert sampling_progress(run.config, run.schedule, 50, False) is False  # given: as is
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert sampling_progress(run.config, run.schedule, 50) is True
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert sampling_progress(run.config, run.schedule, 50) is False
+    assert capsys.readouterr().out == "sampling 50 samples with ddpm (20 model calls)...\n"

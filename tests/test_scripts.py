@@ -45,6 +45,24 @@ def test_sample_script_rejects_bad_flags(toy_run, tmp_path):
     assert result.returncode == 2 and "workdir" in result.stderr
 
 
+@pytest.mark.parametrize("flags, warned", [
+    (["--sampler", "ddpm", "--steps", "4", "--eta", "0.5"], "--steps=4 and --eta=0.5 are ignored"),
+    (["--steps", "4"], "--steps=4 is ignored"),  # the run's config samples with DDPM
+    (["--sampler", "ddim", "--steps", "4", "--eta", "0.5"], None),
+], ids=["ddpm-steps-eta", "config-ddpm-steps", "ddim"])
+def test_sample_script_warns_of_flags_the_sampler_ignores(toy_run, tmp_path, flags, warned):
+    out = tmp_path / "s.npz"
+    result = run_script("sample.py", "--workdir", toy_run, "--num_samples", "8", "--out",
+                        str(out), *flags)
+    assert result.returncode == 0 and out.exists(), result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    if warned is None:
+        assert not warnings, result.stderr
+    else:
+        assert len(warnings) == 1 and warned in warnings[0], result.stderr
+        assert "ddpm sampler" in warnings[0] and "T=20" in warnings[0]
+
+
 def test_no_usable_checkpoint_is_a_one_line_error(tmp_path):
     workdir = str(tmp_path / "run")
     train_and_evaluate(tiny_toy_config(**{"train.steps": 5, "train.keep_checkpoints": 1}), workdir)
@@ -242,8 +260,8 @@ def test_bad_train_config_fails_in_one_line(tmp_path, flag, field):
     assert "Traceback" not in result.stderr
 
 
-TOY = ["--config=configs/toy2d.py"]
-DIGITS = ["--config=configs/digits.py"]
+TOY = ["--config=toy2d"]
+DIGITS = ["--config=digits"]
 
 
 def _files(tmp):
@@ -313,7 +331,7 @@ TRAIN_CASES = [
     ("unknown-lr-decay", TOY + ["--config.optim.decay=linear"], "optim.decay"),
     ("labels-on-unlabelled-points", TOY + ["--config.model.num_classes=3"], "model.num_classes"),
     ("missing-config-file", ["--config=configs/nope.py"], "configs/nope.py"),
-    ("unknown-config-argument", ["--config=configs/toy2d.py:fast"], "fast"),
+    ("unknown-config-argument", ["--config=toy2d:fast"], "fast"),
     ("unknown-flag", TOY + ["--stepz=3"], "stepz"),
     ("positional-argument", TOY + ["extra"], "extra"),
     ("unet-cannot-halve", DIGITS + ["--config.model.dim_mults=(1,2,4)",
@@ -325,11 +343,11 @@ TRAIN_CASES = [
     ("unknown-tfds-name", DIGITS + ["--config.data.name=no_such_dataset_xyz"], "data.name"),
     ("missing-inception-weights", DIGITS + ["--config.eval.inception_path={tmp}/pt_inception.pth"],
      "eval.inception_path"),
-    ("folder-missing", ["--config=configs/image_folder.py:quick", "--config.data.path={tmp}/nope"],
+    ("folder-missing", ["--config=image_folder:quick", "--config.data.path={tmp}/nope"],
      "data.path"),
-    ("folder-empty", ["--config=configs/image_folder.py:quick", "--config.data.path={empty_dir}"],
+    ("folder-empty", ["--config=image_folder:quick", "--config.data.path={empty_dir}"],
      "data.path"),
-    ("folder-only-broken-files", ["--config=configs/image_folder.py:quick",
+    ("folder-only-broken-files", ["--config=image_folder:quick",
                                   "--config.data.path={broken_dir}"], "data.path"),
     ("lr-inf", TOY + ["--config.optim.lr=inf"], "config.optim.lr=inf"),
     ("lr-nan", TOY + ["--config.optim.lr=nan"], "config.optim.lr=nan"),

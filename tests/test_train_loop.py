@@ -241,3 +241,145 @@ def test_a_config_that_cannot_fit_in_memory_is_refused_before_compiling(tmp_path
                                           rf"least .* GiB"):
         train_and_evaluate(config, str(tmp_path / "run"))
     assert not os.path.exists(os.path.join(tmp_path, "run", "checkpoints"))
+
+
+# --- what TensorBoard shows --------------------------------------------------------------------
+
+def read_events(workdir):
+    """The TensorBoard event files of `workdir` read with tensorboardX's protobufs (TensorBoard
+    itself is not installed): ({tag: {step: value}} of the scalars, {tag: {step: Image proto}}).
+    Each file is a TFRecord stream: length (uint64), its CRC (uint32), the record, its CRC."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars, images = {}, {}
+    for name in sorted(os.listdir(workdir)):
+        if not name.startswith("events.out.tfevents"):
+            continue
+        with open(os.path.join(workdir, name), "rb") as handle:
+            data = handle.read()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                if value.HasField("image"):
+                    images.setdefault(value.tag, {})[event.step] = value.image
+                elif value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars, images
+
+
+def cosine_warmup_lr(count, lr, warmup, total):
+    """optax.warmup_cosine_decay_schedule(0, lr, warmup, total) by hand: lr * count / warmup
+    during warm-up, then lr (1 + cos(pi (count - warmup) / (total - warmup))) / 2."""
+    if count < warmup:
+        return lr * count / warmup
+    return 0.5 * lr * (1 + np.cos(np.pi * (count - warmup) / (total - warmup)))
+
+
+@pytest.fixture(scope="module")
+def every_step_run(tmp_path_factory):
+    """The tiny toy run again (same data, noise and parameters as `toy_run`) logging every step,
+    with a scatter picture at step 6; (workdir, captured stdout)."""
+    import contextlib
+    import io
+
+    workdir = str(tmp_path_factory.mktemp("every_step") / "run")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        train_and_evaluate(tiny_toy_config(**{"train.log_every": 1, "eval.sample_every": 6}),
+                           workdir)
+    return workdir, out.getvalue()
+
+
+def test_tensorboard_loss_and_grad_norm_are_window_means(toy_run, every_step_run):
+    """toy_run logs every 4 steps: its loss and grad norm at step 4k are the means of the
+    per-step values of steps 4k-3..4k, which the every-step run logs one by one."""
+    windowed, _ = read_events(toy_run)
+    per_step, _ = read_events(every_step_run[0])
+    assert sorted(per_step["loss"]) == list(range(1, 13))
+    assert sorted(windowed["loss"]) == [4, 8, 12]
+    for name in ("loss", "grad_norm"):
+        for end in (4, 8, 12):
+            expected = np.mean([per_step[name][step] for step in range(end - 3, end + 1)])
+            np.testing.assert_allclose(windowed[name][end], expected, rtol=1e-5, err_msg=name)
+    # the per-step values differ, so a last-batch value would not pass
+    assert np.ptp([per_step["loss"][step] for step in range(1, 5)]) > 1e-3
+
+
+def test_tensorboard_learning_rate_is_the_schedule_at_the_step(toy_run, every_step_run):
+    """Logged at step s: the rate of the step's update, optax count s - 1 (lr 1e-3, 2 warm-up
+    steps, cosine decay to step 12)."""
+    for workdir in (toy_run, every_step_run[0]):
+        logged = read_events(workdir)[0]["learning_rate"]
+        for step, value in logged.items():
+            np.testing.assert_allclose(value, cosine_warmup_lr(step - 1, 1e-3, 2, 12), rtol=1e-5,
+                                       atol=1e-12, err_msg=f"step {step}")
+    assert read_events(every_step_run[0])[0]["learning_rate"][2] == pytest.approx(5e-4)
+
+
+def test_tensorboard_throughput_leaves_out_the_compilation(toy_run, every_step_run):
+    scalars, _ = read_events(toy_run)
+    assert list(scalars["compile_seconds"]) == [1] and scalars["compile_seconds"][1] > 0
+    assert sorted(scalars["steps_per_s"]) == [4, 8, 12]
+    assert all(value > 0 for value in scalars["steps_per_s"].values())
+    # logging every step: step 1 is the compiling call, so it has no throughput of its own
+    per_step, _ = read_events(every_step_run[0])
+    assert sorted(per_step["steps_per_s"]) == list(range(2, 13))
+    assert {"skipped", "eval/swd"} <= set(scalars)
+
+
+def test_a_point_run_logs_scatter_pictures(every_step_run):
+    """eval.sample_every and the end of training put samples beside data into TensorBoard."""
+    import io
+
+    from PIL import Image
+
+    workdir, stdout = every_step_run
+    _, images = read_events(workdir)
+    assert sorted(images["samples"]) == [6, 12]
+    for image in images["samples"].values():
+        picture = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("RGB"))
+        assert picture.shape == (image.height, image.width, 3) and image.width > image.height
+        assert (picture == 255).all(axis=-1).mean() > 0.5  # white background
+        green = (picture[..., 1].astype(int) - picture[..., 0]) > 60
+        assert green.sum() > 100  # the dots
+    # no terminal under pytest: the final evaluation says what it samples instead of a bar
+    assert "sampling 50 samples with ddpm (20 model calls)..." in stdout
+    assert "compiled the train step" in stdout
+
+
+def test_learning_rate_schedule_matches_the_optimiser():
+    """Constant gradients of 1 on a zero parameter make AdamW's update -lr(count) (m_hat =
+    v_hat = 1, no weight decay): the logged schedule is the one the optimiser applies. (To
+    float32's rounding of Adam's bias correction 1 - b2^t, ~1e-5 relative.)"""
+    import jax.numpy as jnp
+
+    from jaxdiff.training import build_learning_rate as learning_rate_schedule
+    from jaxdiff.training import build_optimizer
+
+    for decay in ("cosine", "constant"):
+        config = tiny_toy_config(**{"optim.decay": decay, "optim.warmup_steps": 3,
+                                    "optim.weight_decay": 0.0, "train.steps": 10})
+        optimizer, schedule = build_optimizer(config), learning_rate_schedule(config)
+        params = {"w": jnp.zeros(())}
+        state = optimizer.init(params)
+        for count in range(12):
+            updates, state = optimizer.update({"w": jnp.ones(())}, state, params)
+            np.testing.assert_allclose(-float(updates["w"]), float(schedule(count)), rtol=1e-4,
+                                       atol=1e-12, err_msg=f"{decay} at {count}")
+
+
+def test_warm_up_longer_than_the_run_is_warned_before_training(toy_run, caplog):
+    """The warning comes before anything else: here the workdir's different model refuses the
+    run right after it, so nothing is trained or written."""
+    config = tiny_toy_config(**{"optim.warmup_steps": 12, "model.hidden": 48})
+    with caplog.at_level(logging.WARNING, logger="jaxdiff"), pytest.raises(ConfigError):
+        train_and_evaluate(config, toy_run)
+    warnings = [record.getMessage() for record in caplog.records
+                if record.levelno == logging.WARNING]
+    assert warnings == ["config.optim.warmup_steps=12 >= config.train.steps=12: the run trains "
+                        "only during warm-up (the learning rate never reaches optim.lr=0.001)"]

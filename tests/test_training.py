@@ -4,12 +4,13 @@ step, and non-finite batches skipped without touching the state."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jaxdiff
 from jaxdiff import losses
 from jaxdiff.models import MLPDenoiser
 from jaxdiff.schedules import make_schedule
-from jaxdiff.training import create_train_state, make_optimizer, make_train_step
+from jaxdiff.training import LinenApply, create_train_state, make_optimizer, make_train_step
 
 from helpers import assert_trees_equal
 
@@ -21,9 +22,9 @@ def test_train_step_evaluates_the_dropout_schedule_once_compiled():
     optimizer = make_optimizer(1e-3)
     state = create_train_state(params, optimizer, jax.random.key(1))
     schedule = losses.cond_drop_schedule("linear", 0.1, start=1.0, total_steps=4)
-    step = make_train_step(model.apply, optimizer, jaxdiff.make_schedule("linear", 20),
+    step = make_train_step(LinenApply(model), optimizer, jaxdiff.make_schedule("linear", 20),
                            loss_kwargs=dict(cond_drop_prob=schedule, null_cond={"labels": 3}),
-                           ema_decay=0.9)
+                           ema_decay=0.9, takes_key=True)
     batch = {"x": np.ones((16, 2), np.float32), "labels": np.arange(16, dtype=np.int32) % 3}
     probabilities = []
     for _ in range(4):
@@ -90,3 +91,78 @@ def test_a_non_finite_update_is_skipped_like_a_non_finite_gradient():
     np.testing.assert_array_equal(after.ema_params["w"], before)
     assert bool(all_finite(after))
     assert not bool(all_finite({"a": jnp.array([1.0, jnp.nan]), "step": jnp.int32(3)}))
+
+
+# --- your own model ------------------------------------------------------------------------------
+
+def _linear_apply(params, x_t, t):
+    return x_t * params["w"][None, :] + params["b"][None, :]
+
+
+def test_own_apply_fn_ema_follows_its_recurrence():
+    """A plain apply_fn (no train flag, no rngs) trains, and the EMA equals the recurrence
+    ema_k = d ema_{k-1} + (1 - d) params_k computed here from the parameters after each step."""
+    schedule = make_schedule("linear", timesteps=10)
+    optimizer = make_optimizer(1e-2, grad_clip=0.0)
+    params = {"w": jnp.zeros((2,)), "b": jnp.zeros((2,))}
+    state = create_train_state(params, optimizer, jax.random.key(0))
+    step = make_train_step(_linear_apply, optimizer, schedule, ema_decay=0.8, ema_warmup=False)
+    x = jax.random.normal(jax.random.key(1), (64, 2))
+    ema = {name: np.zeros(2, np.float64) for name in params}
+    losses = []
+    for _ in range(30):
+        state, metrics = step(state, {"x": x})
+        losses.append(float(metrics["loss"]))
+        for name in ema:
+            ema[name] = 0.8 * ema[name] + 0.2 * np.asarray(state.params[name], np.float64)
+    for name in ema:
+        np.testing.assert_allclose(state.ema_params[name], ema[name], rtol=1e-5, atol=1e-7)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])  # it learns (pred_noise of N(0, I) data)
+    assert step._cache_size() == 1
+
+
+def test_takes_key_passes_a_fresh_key_per_step():
+    """With takes_key=True the apply_fn gets `key=`, different at every step: a dropout-like
+    perturbation scaled by a parameter gives per-step losses that differ with a fixed t and
+    noise only through the key."""
+    schedule = make_schedule("linear", timesteps=10)
+    optimizer = make_optimizer(0.0)  # parameters stay fixed: only the key changes the loss
+
+    def apply_fn(params, x_t, t, *, key):
+        return x_t * params["w"][None, :] + jax.random.normal(key, x_t.shape)
+
+    state = create_train_state({"w": jnp.ones((2,))}, optimizer, jax.random.key(0))
+    step = make_train_step(apply_fn, optimizer, schedule, takes_key=True, ema_decay=0.9)
+    losses = []
+    for _ in range(3):
+        state, metrics = step(state, {"x": jnp.ones((8, 2))})
+        losses.append(float(metrics["loss"]))
+    assert len(set(losses)) == 3
+    # without takes_key no key is passed: a function that requires one fails to trace
+    plain = make_train_step(apply_fn, optimizer, schedule, ema_decay=0.9)
+    with pytest.raises(TypeError, match="key"):
+        plain(create_train_state({"w": jnp.ones((2,))}, optimizer, jax.random.key(0)),
+              {"x": jnp.ones((8, 2))})
+
+
+def test_own_state_saves_and_restores_with_the_checkpointer(tmp_path):
+    from jaxdiff.checkpoint import Checkpointer
+
+    schedule = make_schedule("linear", timesteps=10)
+    optimizer = make_optimizer(1e-2)
+    state = create_train_state({"w": jnp.ones((2,)), "b": jnp.zeros((2,))}, optimizer,
+                               jax.random.key(0))
+    step = make_train_step(_linear_apply, optimizer, schedule, ema_decay=0.9)
+    for _ in range(3):
+        state, _ = step(state, {"x": jnp.ones((8, 2))})
+    expected = jax.tree.map(np.asarray, state)
+    checkpointer = Checkpointer(str(tmp_path))
+    checkpointer.save(3, state)
+    checkpointer.wait()
+    checkpointer.close()
+    template = create_train_state({"w": jnp.zeros((2,)), "b": jnp.zeros((2,))}, optimizer,
+                                  jax.random.key(5))
+    restored, restored_step = Checkpointer(str(tmp_path), read_only=True).restore_newest_good(
+        template)
+    assert restored_step == 3
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, restored), expected)

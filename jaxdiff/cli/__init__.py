@@ -1,15 +1,18 @@
-"""Command-line plumbing shared by train.py and sample.py: every bad flag, config file or config
-override ends the program with exit code 2 and one line on stderr naming it (absl alone would
-print a traceback for a misspelt `--config.optim.lrr`, and exit with 1)."""
+"""The command-line programs (`jaxdiff-train` / train.py in `jaxdiff.cli.train`, `jaxdiff-sample` /
+sample.py in `jaxdiff.cli.sample`) and the plumbing they share: `--config` by name or path, and
+every bad flag, config file or config override ending the program with exit code 2 and one line
+on stderr naming it (absl alone would print a traceback for a misspelt `--config.optim.lrr`, and
+exit with 1)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import sys
 
-from absl import flags
+from absl import app, flags
 
 from jaxdiff.errors import error_summary
 
@@ -35,24 +38,43 @@ def _offending_argument(argv: list[str], key: str) -> str:
     return key
 
 
+def run_program(program, args, doc: str) -> None:
+    """`app.run(program)` with one-line flag errors (`parse_flags`); `program(args, argv)` gets
+    the namespace of flag holders `args`. `--help` shows those flags and `doc`, whether a
+    console script or a wrapper such as train.py started the program."""
+    sys.modules["__main__"].__doc__ = doc  # absl's usage text
+    for holder in vars(args).values():  # absl's --help lists the main module's flags
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[holder.name])
+    app.run(functools.partial(program, args), flags_parser=parse_flags)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing with one-line errors (use as `app.run(main, flags_parser=...)`)."""
     try:
         return flags.FLAGS(argv)
-    except flags.Error as error:  # unknown flag, unparsable value, missing required flag
+    except Exception as error:  # noqa: BLE001 - every failure is reported in one line
+        _fail_parsing(argv, error)
+
+
+def _fail_parsing(argv: list[str], error: Exception) -> None:
+    """One line for an exception raised while defining or parsing the flags."""
+    from jaxdiff.errors import ConfigError
+
+    if isinstance(error.__context__, ConfigError):  # resolve_config's, wrapped by absl
+        fail(error.__context__)
+    if isinstance(error, flags.Error):  # unknown flag, unparsable value, missing required flag
         lines = [line for line in str(error).splitlines() if line.strip()]
         # A config file that raised: its error is the traceback's last line.
         fail(f"{lines[0]} {lines[-1]}" if "Traceback" in str(error) else " ".join(lines))
-    except (AttributeError, KeyError) as error:  # ml_collections: no such config field
+    if isinstance(error, (AttributeError, KeyError)):  # ml_collections: no such config field
         if "get_config" in str(error):
             fail(f"--config={_flag_value(argv, 'config')!r} is invalid: a config file defines "
                  f"get_config() returning a ConfigDict")
         fail(_unknown_field(argv, error))
-    except (TypeError, ValueError) as error:  # a config override of the wrong type
+    if isinstance(error, (TypeError, ValueError)):  # a config override of the wrong type
         fail(str(error).splitlines()[0])
-    except Exception as error:  # noqa: BLE001 - a config file that does not run (syntax, raises)
-        fail(f"--config={_flag_value(argv, 'config')!r} cannot be loaded: "
-             f"{error_summary(error)}")
+    # a config file that does not run (syntax, raises)
+    fail(f"--config={_flag_value(argv, 'config')!r} cannot be loaded: {error_summary(error)}")
 
 
 def _flag_value(argv: list[str], name: str) -> str:
@@ -75,17 +97,73 @@ def _unknown_field(argv: list[str], error: BaseException) -> str:
     return f"{_offending_argument(argv, key)} is invalid: the config has no field {key!r}{hint}"
 
 
+CONFIG_HELP = (
+    "The experiment config: a packaged config by name ({names}), or a path to a config file "
+    "(a Python file whose get_config() returns a ConfigDict). ':arg' passes arg to get_config, "
+    "e.g. digits:quick. A relative configs/<name>.py that does not exist in the current "
+    "directory means the packaged config <name>, so configs/toy2d.py works from any directory.")
+
+
+def resolve_config(value: str) -> str:
+    """The file (and `:arg`) that `--config=value` names, or ConfigError naming the packaged
+    configs. `value` is `target[:arg]`; the target is, in this order: an existing file; the name
+    of a packaged config (`toy2d`); or a relative `configs/<name>.py` that does not exist here,
+    which names the packaged config `<name>` (the repository's layout before the configs moved
+    into the package, so documented commands work from any directory)."""
+    from jaxdiff import configs
+    from jaxdiff.errors import ConfigError
+
+    target, colon, argument = value.partition(":")
+    names = configs.config_names()
+    directory, file_name = os.path.split(os.path.normpath(target)) if target else ("", "")
+    if os.path.isfile(target):
+        path = target
+    elif target in names:
+        path = configs.config_path(target)
+    elif (not os.path.isabs(target) and directory == "configs" and file_name.endswith(".py")
+          and file_name[:-3] in names):
+        path = configs.config_path(file_name[:-3])
+    elif re.fullmatch(r"\w+", target):
+        raise ConfigError(f"--config={value!r} is invalid: no packaged config {target!r} (one "
+                          f"of {', '.join(names)}) and no such file")
+    else:
+        problem = "a directory, not a config file" if os.path.isdir(target) else "no such file"
+        raise ConfigError(f"--config={value!r} is invalid: {problem} (packaged configs, by "
+                          f"name: {', '.join(names)})")
+    return path + colon + argument
+
+
+class _ResolvingParser(flags.ArgumentParser):
+    """ml_collections' config-file parser, given the file that `resolve_config` finds."""
+
+    def __init__(self, parser: flags.ArgumentParser):
+        self._parser = parser
+
+    def parse(self, argument):
+        return self._parser.parse(resolve_config(argument))
+
+    def flag_type(self) -> str:
+        return self._parser.flag_type()
+
+
 def define_config(default: str):
-    """`config_flags.DEFINE_config_file("config", default, lock_config=True)`. ml_collections
-    resolves `--config.a.b=value` overrides against the file while defining the flag, so a
-    misspelt field fails here, before absl's parser runs: reported in one line, exit code 2."""
+    """`config_flags.DEFINE_config_file("config", default, lock_config=True)` whose value is a
+    packaged config's name or a file (`resolve_config`). ml_collections resolves
+    `--config.a.b=value` overrides against the config while defining the flag, so a misspelt
+    field fails here, before absl's parser runs: reported in one line, exit code 2."""
+    from jaxdiff import configs
     from ml_collections import config_flags
 
     try:
-        return config_flags.DEFINE_config_file("config", default, "Experiment config file.",
-                                               lock_config=True)
-    except (AttributeError, KeyError) as error:
-        fail(_unknown_field(sys.argv, error))
+        holder = config_flags.DEFINE_config_file(
+            "config", resolve_config(default),
+            CONFIG_HELP.format(names=", ".join(configs.config_names())), lock_config=True)
+    except Exception as error:  # noqa: BLE001 - every failure is reported in one line
+        _fail_parsing(sys.argv, error)
+    flag = flags.FLAGS[holder.name]
+    flag.parser = _ResolvingParser(flag.parser)
+    flag.default_as_str = repr(default)  # --help shows the name, not the installed path
+    return holder
 
 
 def load_config(config_flag):

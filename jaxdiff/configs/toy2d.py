@@ -1,10 +1,10 @@
 """Default experiment: DDPM on the 2-D "butterfly" point set, CPU in minutes.
 
-    python train.py --config configs/toy2d.py --workdir runs/toy
-    python train.py --config configs/toy2d.py --workdir runs/moons --config.data.name=moons
+    python train.py --config toy2d --workdir runs/toy
+    python train.py --config toy2d --workdir runs/moons --config.data.name=moons
     python sample.py --workdir runs/toy --num_samples 1000 --out samples.npz
 
-`--config configs/toy2d.py:quick` shrinks the run for a smoke test (a few hundred steps).
+`--config toy2d:quick` shrinks the run for a smoke test (a few hundred steps).
 """
 
 import ml_collections
@@ -49,6 +49,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.num_samples = 5_000
     config.eval.plots = True
+    config.eval.sample_every = 0  # > 0: a scatter picture of samples in TensorBoard every N steps
 
     if arg == "quick":
         config.train.steps = 300

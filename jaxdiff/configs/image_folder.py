@@ -1,7 +1,8 @@
 """Your own pictures: every JPEG/PNG under data.path (subfolders included), centre-cropped and
-resized to image_size, randomly flipped. Seed 003's recipe (Stanford Cars at 64x64) by default.
+resized to image_size, randomly flipped. By default the image DDPM template's recipe (Stanford
+Cars at 64x64).
 
-    python train.py --config configs/image_folder.py --workdir runs/cars \
+    python train.py --config image_folder --workdir runs/cars \
         --config.data.path=/data/cars_train
 
 Unreadable files are skipped and counted in the log; --config.data.strict=true makes them fatal.

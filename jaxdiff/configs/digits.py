@@ -1,6 +1,6 @@
 """Offline image diffusion: scikit-learn's 8x8 handwritten digits through the TFDS reading path.
 
-    python train.py --config configs/digits.py --workdir runs/digits
+    python train.py --config digits --workdir runs/digits
     python sample.py --workdir runs/digits --num_samples 100 --out digits.npz --trajectory
 
 The data set is written once as an array_record TFDS set under ~/.cache/jaxdiff/tfds (no

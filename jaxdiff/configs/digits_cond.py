@@ -1,10 +1,10 @@
 """Class-conditional offline digits with classifier-free guidance (CPU, a few minutes).
 
-    python train.py --config configs/digits_cond.py --workdir runs/digits_cond
+    python train.py --config digits_cond --workdir runs/digits_cond
     python sample.py --workdir runs/digits_cond --labels 0,1,2 --guidance_scale 0,1,3 \
         --num_samples 8 --out digits_cond.npz
 
-The digits recipe (configs/digits.py) with a label embedding (model.num_classes = 10) and label
+The digits recipe (digits.py) with a label embedding (model.num_classes = 10) and label
 dropout: each training example's label is replaced by the null class with probability
 model.cond_drop_prob, so one network learns both the conditional and the unconditional
 prediction. At the end train.py samples 1,000 digits (100 of each class) from the same noise at
@@ -13,13 +13,7 @@ requested class and the digits Fréchet distance to eval.json ("guidance_sweep")
 guidance.png (one row per class, one column per scale). `:quick` shrinks it for a smoke test.
 """
 
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    "_digits_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.py"))
-_digits = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_digits)
+from jaxdiff.configs import digits as _digits
 
 
 def get_config(arg: str = ""):

@@ -3,7 +3,7 @@
 T = 1000, eps prediction, Adam lr 2e-4 with 5,000 warm-up steps, batch 128, gradient clipping at 1,
 EMA 0.9999, random horizontal flips, 800k steps; ancestral sampling with sigma_t^2 = beta_t.
 
-    python train.py --config configs/cifar10.py --workdir runs/cifar10
+    python train.py --config cifar10 --workdir runs/cifar10
 
 bf16 compute: --config.model.dtype=bfloat16. `:quick` is a smoke test with a small net.
 """

@@ -1,7 +1,7 @@
 """CelebA faces at 64x64 (TFDS "celeb_a": centre crop to a square, then resize), with
 denoising-diffusion-pytorch's Unet (dim 64, dim_mults 1,2,4,8) and v-prediction.
 
-    python train.py --config configs/celeb_a64.py --workdir runs/celeb_a64
+    python train.py --config celeb_a64 --workdir runs/celeb_a64
 
 CelebA must be prepared for TFDS once (its files need a manual download); see the README.
 """

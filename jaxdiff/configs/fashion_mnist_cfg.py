@@ -1,6 +1,6 @@
 """Classifier-free guidance on Fashion-MNIST: the NVIDIA DLI course recipe.
 
-    python train.py --config configs/fashion_mnist_cfg.py --workdir runs/fashion_mnist_cfg
+    python train.py --config fashion_mnist_cfg --workdir runs/fashion_mnist_cfg
     python sample.py --workdir runs/fashion_mnist_cfg --labels 0,1,2,3,4,5,6,7,8,9 \
         --guidance_scale 0,1,2,5 --out fashion_cfg.npz
 

@@ -1,8 +1,8 @@
 """MNIST 28x28x1 (TFDS "mnist"; prepare it once with `pip install -e .[tfds-prepare]` and
 `tfds build mnist`, or point data.data_dir at a prepared copy).
 
-    python train.py --config configs/mnist.py --workdir runs/mnist
-    python train.py --config configs/mnist.py --workdir runs/fmnist --config.data.name=fashion_mnist
+    python train.py --config mnist --workdir runs/mnist
+    python train.py --config mnist --workdir runs/fmnist --config.data.name=fashion_mnist
 
 dim_mults (1, 2, 4) halves 28 twice (28 -> 14 -> 7). `:quick` is a smoke test.
 """
