@@ -31,9 +31,11 @@ from jaxdiff.samplers import (
     TIMESTEP_SPACINGS,
     VARIANCES,
     ddim_coefficients,
+    ddim_invert,
     ddim_sample,
     ddim_timesteps,
     ddpm_sample,
+    slerp,
 )
 from jaxdiff.ode_samplers import (
     dpm_solver_sample,
