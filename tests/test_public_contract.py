@@ -158,3 +158,30 @@ def test_ddim_eta0_all_steps_is_deterministic():
                                 eta=1.0, clip_x0=False, timestep_spacing="trailing", x_T=x_T)
             for k in (1, 2)]
     assert not np.allclose(outs[0], outs[1])
+
+
+def test_the_maths_imports_only_jax_and_numpy():
+    """The maths modules (and what they import from jaxdiff) never import Flax, Orbax, TFDS or
+    the training code: read from their source, so a lazy import inside a function counts too."""
+    import ast
+    import pathlib
+    import sys
+
+    maths = {"schedules", "diffusion", "losses", "samplers", "ode_samplers", "guidance",
+             "compilation"}
+    root = pathlib.Path(jaxdiff.__file__).parent
+    allowed = {"jax", "numpy", "jaxdiff", "tqdm"} | set(sys.stdlib_module_names)
+    for name in sorted(maths):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                assert top in allowed, f"{name}.py imports {module}"
+                if top == "jaxdiff":
+                    assert module.split(".")[1] in maths, f"{name}.py imports {module}"

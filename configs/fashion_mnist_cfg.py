@@ -1,0 +1,5 @@
+"""The packaged config jaxdiff/configs/fashion_mnist_cfg.py (also `--config fashion_mnist_cfg`), here so that
+`python train.py --config configs/fashion_mnist_cfg.py` names a file in the repository. Edit a copy of the
+packaged file to make your own config."""
+
+from jaxdiff.configs.fashion_mnist_cfg import get_config  # noqa: F401
