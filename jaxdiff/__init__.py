@@ -17,6 +17,7 @@ from jaxdiff.diffusion import (
     q_sample,
     target_for,
 )
+from jaxdiff.editing import ddim_invert, slerp
 from jaxdiff.guidance import classifier_free_guidance, guide
 from jaxdiff.losses import (
     COND_DROP_SCHEDULES,
@@ -31,11 +32,9 @@ from jaxdiff.samplers import (
     TIMESTEP_SPACINGS,
     VARIANCES,
     ddim_coefficients,
-    ddim_invert,
     ddim_sample,
     ddim_timesteps,
     ddpm_sample,
-    slerp,
 )
 from jaxdiff.ode_samplers import (
     dpm_solver_sample,

@@ -2,7 +2,8 @@
 Karras et al. 2022 (Euler, Heun, and their stochastic "churn" variant).
 
 Both integrate the probability-flow ODE of the discrete-time VP model in its variance-exploding
-form: with sigma(t) = sqrt((1 - abar_t) / abar_t), x_VE = x_VP / sqrt(abar) = x_VP sqrt(1 + sigma^2),
+form: with sigma(t) = sqrt((1 - abar_t) / abar_t), x_VE = x_VP / sqrt(abar)
+= x_VP sqrt(1 + sigma^2),
 and the ODE is dx_VE / dsigma = (x_VE - D(x_VE, sigma)) / sigma, D the x0 prediction
 (Karras et al. eq. 3 with s(t) = 1). Every sampler starts from x_T, unit Gaussian noise at
 t = T - 1 in VP space (as `ddpm_sample` and `ddim_sample`), so one x_T gives comparable samples
@@ -27,19 +28,18 @@ import numpy as np
 from jax import Array
 
 from jaxdiff.compilation import jit
-from jaxdiff.diffusion import check_objective, check_output_shape
-from jaxdiff.samplers import (_check_shape, _check_x_T, _finish, _maybe_report, _prepare_model,
-                              _run_with_progress, _start, check_num_steps)
+from jaxdiff.diffusion import check_objective
+from jaxdiff.sampling import (call_model, check_num_steps, check_shape, check_x_T, finish,
+                              prepare_model, report_step, run_with_progress, start_noise)
 from jaxdiff.schedules import Schedule
 
 DPM_SPACINGS = ("linspace", "leading", "trailing")
 KARRAS_SOLVERS = ("euler", "heun")
 
 
-def sigmas_of(s: Schedule) -> np.ndarray:
-    """sigma(t) = sqrt((1 - abar_t) / abar_t) for t = 0..T-1, float64 from the float32 table."""
-    alphas_cumprod = np.asarray(s.alphas_cumprod, np.float64)
-    return np.sqrt((1.0 - alphas_cumprod) / alphas_cumprod)
+def sigmas_of(s: Schedule) -> Array:
+    """sigma(t) = sqrt((1 - abar_t) / abar_t) for t = 0..T-1, float32 [T] (usable under jit)."""
+    return jnp.sqrt((1.0 - s.alphas_cumprod) / s.alphas_cumprod)
 
 
 def dpm_solver_timesteps(timesteps: int, num_steps: int, spacing: str = "linspace") -> np.ndarray:
@@ -86,21 +86,15 @@ def _x0_from_output(output, x, alpha, sigma, objective: str, clip_x0: bool):
     return jnp.clip(x0, -1.0, 1.0) if clip_x0 else x0
 
 
-def _call(model_fn, x, t, cond):
-    output = model_fn(x, t, **cond)
-    check_output_shape(output, x)
-    return output
-
-
 @functools.partial(
     jit, static_argnames=("shape", "num_steps", "order", "objective", "clip_x0",
                           "timestep_spacing", "lower_order_final", "return_trajectory", "report"))
 def _dpm_loop(model_fn, s, key, x_T, cond, token, *, shape, num_steps, order, objective, clip_x0,
               timestep_spacing, lower_order_final, return_trajectory, report):
-    x_T, _ = _start(key, x_T, shape)
+    x_T, _ = start_noise(key, x_T, shape)
     times = dpm_solver_timesteps(s.timesteps, num_steps, timestep_spacing)
     # diffusers' float32 sigma table (interpolated at integer times: the table itself), then 0
-    sigma_table = jnp.sqrt((1.0 - s.alphas_cumprod) / s.alphas_cumprod)
+    sigma_table = sigmas_of(s)
     sigmas = jnp.concatenate([sigma_table[jnp.asarray(times)], jnp.zeros((1,), jnp.float32)])
     alphas = 1.0 / jnp.sqrt(sigmas**2 + 1.0)
     vp_sigmas = sigmas * alphas
@@ -113,11 +107,12 @@ def _dpm_loop(model_fn, s, key, x_T, cond, token, *, shape, num_steps, order, ob
         x, m1, m2 = carry  # the x0 predictions of the previous two steps
         t = jnp.asarray(times)[index]
         alpha_s, sigma_s = alphas[index], vp_sigmas[index]
-        output = _call(model_fn, x, jnp.full((shape[0],), t, jnp.int32), cond)
+        output = call_model(model_fn, x, jnp.full((shape[0],), t, jnp.int32), cond)
         m0 = _x0_from_output(output, x, alpha_s, sigma_s, objective, clip_x0)
         alpha_t, sigma_t = alphas[index + 1], vp_sigmas[index + 1]
         lambda_t, lambda_s0 = lambdas[index + 1], lambdas[index]
-        lambda_s1, lambda_s2 = lambdas[jnp.maximum(index - 1, 0)], lambdas[jnp.maximum(index - 2, 0)]
+        lambda_s1 = lambdas[jnp.maximum(index - 1, 0)]
+        lambda_s2 = lambdas[jnp.maximum(index - 2, 0)]
         h = lambda_t - lambda_s0
         phi = jnp.expm1(-h)  # exp(-h) - 1
         first = (sigma_t / sigma_s) * x - alpha_t * phi * m0
@@ -135,13 +130,13 @@ def _dpm_loop(model_fn, s, key, x_T, cond, token, *, shape, num_steps, order, ob
         step_order = orders[index]
         x_next = jnp.where(step_order == 1, first, jnp.where(step_order == 2, second, third))
         x_next = jnp.where(sigma_t > 0, x_next, m0)  # the last step returns the x0 prediction
-        _maybe_report(report, token, index, num_steps)
+        report_step(report, token, index, num_steps)
         return (x_next, m0, m1), (x_next if return_trajectory else None)
 
     zeros = jnp.zeros_like(x_T)
     (x, _, _), trajectory = jax.lax.scan(step, (x_T, zeros, zeros),
                                          jnp.arange(num_steps, dtype=jnp.int32))
-    return _finish(x, trajectory, x_T, return_trajectory)
+    return finish(x, trajectory, x_T, return_trajectory)
 
 
 def dpm_solver_sample(
@@ -188,26 +183,27 @@ def dpm_solver_sample(
     if timestep_spacing not in DPM_SPACINGS:
         raise ValueError(f"unknown timestep_spacing={timestep_spacing!r}; choose one of "
                          f"{', '.join(DPM_SPACINGS)}")
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     cond = dict(cond or {})
-    model_fn = _prepare_model(model_fn, shape, cond, False, guidance_scale, guidance_rescale,
+    model_fn = prepare_model(model_fn, shape, cond, False, guidance_scale, guidance_rescale,
                               null_cond)
-    x_T = _check_x_T(x_T, shape)
+    x_T = check_x_T(x_T, shape)
     loop = lambda report, token: _dpm_loop(  # noqa: E731
         model_fn, s, key, x_T, cond, token, shape=shape, num_steps=int(num_steps),
         order=int(order), objective=objective, clip_x0=bool(clip_x0),
         timestep_spacing=timestep_spacing, lower_order_final=bool(lower_order_final),
         return_trajectory=bool(return_trajectory), report=report)
-    return _run_with_progress(progress, int(num_steps), "DPM-Solver++", loop)
+    return run_with_progress(progress, int(num_steps), "DPM-Solver++", loop)
 
 
-def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int, rho: float = 7.0) -> np.ndarray:
+def karras_sigmas(sigma_min, sigma_max, num_steps: int, rho=7.0) -> Array:
     """Karras et al. 2022, eq. 5: sigma_i = (sigma_max^(1/rho) + i / (n - 1) (sigma_min^(1/rho)
-    - sigma_max^(1/rho)))^rho for i = 0..n-1, then sigma_n = 0. float64 [n + 1]."""
-    ramp = np.linspace(0.0, 1.0, num_steps) if num_steps > 1 else np.zeros(1)
+    - sigma_max^(1/rho)))^rho for i = 0..n-1, then sigma_n = 0. float32 [n + 1]; the sigmas and
+    rho may be traced."""
+    ramp = jnp.linspace(0.0, 1.0, num_steps) if num_steps > 1 else jnp.zeros(1)
     inverse_min, inverse_max = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
     sigmas = (inverse_max + ramp * (inverse_min - inverse_max)) ** rho
-    return np.concatenate([sigmas, [0.0]])
+    return jnp.concatenate([sigmas.astype(jnp.float32), jnp.zeros((1,), jnp.float32)])
 
 
 def sigma_to_t(sigma: Array, log_sigmas: Array) -> Array:
@@ -222,21 +218,18 @@ def sigma_to_t(sigma: Array, log_sigmas: Array) -> Array:
                           "return_trajectory", "report"))
 def _karras_loop(model_fn, s, key, x_T, cond, rho, churn, token, *, shape, num_steps, solver,
                  objective, clip_x0, return_trajectory, report):
-    x_T, key = _start(key, x_T, shape)
-    sigma_table = jnp.sqrt((1.0 - s.alphas_cumprod) / s.alphas_cumprod)
+    x_T, key = start_noise(key, x_T, shape)
+    sigma_table = sigmas_of(s)
     log_sigmas = jnp.log(sigma_table)
-    sigma_min, sigma_max = sigma_table[0], sigma_table[-1]
-    ramp = jnp.linspace(0.0, 1.0, num_steps) if num_steps > 1 else jnp.zeros(1)
-    inverse_min, inverse_max = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
-    sigmas = jnp.concatenate([(inverse_max + ramp * (inverse_min - inverse_max)) ** rho,
-                              jnp.zeros((1,), jnp.float32)])
+    sigma_max = sigma_table[-1]
+    sigmas = karras_sigmas(sigma_table[0], sigma_max, num_steps, rho)
     gamma = jnp.minimum(churn / num_steps, jnp.sqrt(2.0) - 1.0)
 
     def denoise(x, sigma):
         """D(x_VE, sigma): the model at VP input x / sqrt(1 + sigma^2) and real t(sigma)."""
         alpha = 1.0 / jnp.sqrt(1.0 + sigma**2)
         t = jnp.full((shape[0],), sigma_to_t(sigma, log_sigmas), jnp.float32)
-        output = _call(model_fn, x * alpha, t, cond)
+        output = call_model(model_fn, x * alpha, t, cond)
         return _x0_from_output(output, x * alpha, alpha, sigma * alpha, objective, clip_x0)
 
     def step(x, index):
@@ -244,22 +237,25 @@ def _karras_loop(model_fn, s, key, x_T, cond, rho, churn, token, *, shape, num_s
         # Algorithm 2: raise the noise level to sigma_hat = (1 + gamma) sigma with fresh noise
         sigma_hat = sigma * (1.0 + gamma)
         noise = jax.random.normal(jax.random.fold_in(key, index), shape, x.dtype)
-        x_hat = x + jnp.sqrt(jnp.maximum(sigma_hat**2 - sigma**2, 0.0)) * noise
+        # sqrt(sigma_hat^2 - sigma^2) written as sigma sqrt(gamma (2 + gamma)): the difference of
+        # squares leaves a rounding residual (XLA may fuse it into an FMA), which at gamma = 0
+        # added noise of std ~ sqrt(ulp(sigma^2)) to the deterministic sampler
+        x_hat = x + sigma * jnp.sqrt(gamma * (2.0 + gamma)) * noise
         d = (x_hat - denoise(x_hat, sigma_hat)) / sigma_hat
         x_next = x_hat + (sigma_next - sigma_hat) * d
-        if solver == "heun":  # Algorithm 1, lines 9-11: the trapezoidal correction if sigma_next > 0
+        if solver == "heun":  # Algorithm 1, lines 9-11: trapezoidal correction if sigma_next > 0
             safe_next = jnp.where(sigma_next > 0, sigma_next, 1.0)
             d_next = (x_next - denoise(x_next, safe_next)) / safe_next
             corrected = x_hat + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
             x_next = jnp.where(sigma_next > 0, corrected, x_next)
-        _maybe_report(report, token, index, num_steps)
+        report_step(report, token, index, num_steps)
         # the trajectory in VP space, comparable with the other samplers'
         vp = x_next / jnp.sqrt(1.0 + sigma_next**2)
         return x_next, (vp if return_trajectory else None)
 
     x, trajectory = jax.lax.scan(step, x_T * jnp.sqrt(1.0 + sigma_max**2),
                                  jnp.arange(num_steps, dtype=jnp.int32))
-    return _finish(x, trajectory, x_T, return_trajectory)
+    return finish(x, trajectory, x_T, return_trajectory)
 
 
 def karras_sample(
@@ -306,14 +302,14 @@ def karras_sample(
                 value > low if name == "rho" else value >= low)):
             bound = "> 0" if name == "rho" else ">= 0"
             raise ValueError(f"{name} must be a finite number {bound}, got {name}={value!r}")
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     cond = dict(cond or {})
-    model_fn = _prepare_model(model_fn, shape, cond, False, guidance_scale, guidance_rescale,
+    model_fn = prepare_model(model_fn, shape, cond, False, guidance_scale, guidance_rescale,
                               null_cond)
-    x_T = _check_x_T(x_T, shape)
+    x_T = check_x_T(x_T, shape)
     rho, churn = jnp.asarray(rho, jnp.float32), jnp.asarray(churn, jnp.float32)
     loop = lambda report, token: _karras_loop(  # noqa: E731
         model_fn, s, key, x_T, cond, rho, churn, token, shape=shape, num_steps=int(num_steps),
         solver=solver, objective=objective, clip_x0=bool(clip_x0),
         return_trajectory=bool(return_trajectory), report=report)
-    return _run_with_progress(progress, int(num_steps), f"Karras {solver}", loop)
+    return run_with_progress(progress, int(num_steps), f"Karras {solver}", loop)

@@ -30,7 +30,6 @@ compiled loop, with the scale traced.
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import Callable, Mapping
 
 import jax
@@ -38,10 +37,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
-from jaxdiff.compilation import jit, trace_captured_arrays
-from jaxdiff.diffusion import (check_objective, check_output_shape, extract, model_predictions,
-                               q_posterior)
-from jaxdiff.guidance import _guided_model_fn
+from jaxdiff.compilation import jit
+from jaxdiff.diffusion import check_objective, extract, model_predictions, q_posterior
+from jaxdiff.sampling import (call_model, check_num_steps, check_shape, check_x_T, finish,
+                              prepare_model, report_step, run_with_progress, start_noise)
 from jaxdiff.schedules import Schedule
 
 VARIANCES = ("fixed_small", "fixed_large")
@@ -78,113 +77,6 @@ def ddim_timesteps(timesteps: int, num_steps: int, spacing: str = "trailing") ->
     return np.stack([times[:-1], times[1:]], axis=1).astype(np.int32)
 
 
-def check_num_steps(num_steps: int, timesteps: int) -> None:
-    """Raise a ValueError naming `num_steps` unless 1 <= num_steps <= T."""
-    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
-        raise ValueError(f"num_steps must be an integer, got num_steps={num_steps!r}")
-    if not 1 <= num_steps <= timesteps:
-        raise ValueError(f"num_steps={num_steps} must be in [1, T={timesteps}]")
-
-
-def _check_shape(shape) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(d) for d in shape)
-    except TypeError:
-        raise ValueError(f"shape must be a tuple of ints, got shape={shape!r}") from None
-    if len(shape) < 2 or min(shape) < 1:
-        raise ValueError(f"shape must be [N, ...] with every size >= 1, got shape={shape}")
-    return shape
-
-
-def _check_x_T(x_T, shape):
-    if x_T is None:
-        return None
-    x_T = jnp.asarray(x_T, jnp.float32)
-    if x_T.shape != shape:
-        raise ValueError(f"x_T has shape {x_T.shape}, expected shape={shape}")
-    return x_T
-
-
-def _call_model(model_fn, x, t, cond, x_self_cond):
-    kwargs = dict(cond)
-    if x_self_cond is not None:
-        kwargs["x_self_cond"] = x_self_cond
-    output = model_fn(x, jnp.full((x.shape[0],), t, jnp.int32), **kwargs)
-    check_output_shape(output, x)
-    return output
-
-
-def _prepare_model(model_fn, shape, cond, self_condition, guidance_scale, guidance_rescale,
-                   null_cond):
-    """The model as a pytree with every captured array traced (guided when given a scale)."""
-    model_fn = _guided_model_fn(model_fn, cond, shape, guidance_scale, guidance_rescale, null_cond)
-    example = dict(cond)
-    if self_condition:
-        example["x_self_cond"] = jax.ShapeDtypeStruct(shape, jnp.float32)
-    return trace_captured_arrays(model_fn, jax.ShapeDtypeStruct(shape, jnp.float32),
-                                 jax.ShapeDtypeStruct(shape[:1], jnp.int32), **example)
-
-
-# Progress reports from inside compiled loops: the loop passes a traced token, the host looks up
-# the handler registered for it, so a new handler never recompiles.
-_PROGRESS_HANDLERS: dict[int, Callable[[int, int], None]] = {}
-_PROGRESS_TOKENS = itertools.count()
-
-
-def _report(token, done, total: int) -> None:
-    handler = _PROGRESS_HANDLERS.get(int(token))
-    if handler is not None:
-        handler(int(done), total)
-
-
-def _maybe_report(report: bool, token, index, total: int) -> None:
-    """Inside a loop: report step `index + 1` of `total`, about 100 times per loop."""
-    if not report:
-        return
-    every = max(1, total // 100)
-    done = index + 1
-    jax.lax.cond(
-        (done % every == 0) | (done == total),
-        lambda: jax.debug.callback(functools.partial(_report, total=total), token, done),
-        lambda: None,
-    )
-
-
-def _run_with_progress(progress, total: int, description: str, loop):
-    """Call `loop(report, token)` with `progress` (False, True for a bar, or a callable
-    (done, total)) registered for the duration of the computation."""
-    if not progress:
-        return loop(False, jnp.int32(0))
-    if callable(progress):
-        handler, bar = progress, None
-    else:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, desc=description, unit="step", dynamic_ncols=True, leave=False)
-        handler = lambda done, _: bar.update(max(0, done - bar.n))  # noqa: E731
-    token = next(_PROGRESS_TOKENS) % 2**31
-    _PROGRESS_HANDLERS[token] = handler
-    try:
-        return jax.block_until_ready(loop(True, jnp.int32(token)))
-    finally:
-        del _PROGRESS_HANDLERS[token]
-        if bar is not None:
-            bar.close()
-
-
-def _start(key, x_T, shape):
-    key_start, key_loop = jax.random.split(key)
-    if x_T is None:
-        x_T = jax.random.normal(key_start, shape, jnp.float32)
-    return x_T, key_loop
-
-
-def _finish(x, trajectory, x_T, return_trajectory):
-    if not return_trajectory:
-        return x
-    return x, jnp.concatenate([x_T[None], trajectory], axis=0)
-
-
 @functools.partial(
     jit,
     static_argnames=("shape", "objective", "clip_x0", "variance", "self_condition",
@@ -192,12 +84,12 @@ def _finish(x, trajectory, x_T, return_trajectory):
 )
 def _ddpm_loop(model_fn, s, key, x_T, cond, token, *, shape, objective, clip_x0, variance,
                self_condition, return_trajectory, report):
-    x_T, key = _start(key, x_T, shape)
+    x_T, key = start_noise(key, x_T, shape)
 
     def step(carry, t):
         x, x0_prev = carry
         t_batch = jnp.full((shape[0],), t, jnp.int32)
-        output = _call_model(model_fn, x, t, cond, x0_prev if self_condition else None)
+        output = call_model(model_fn, x, t_batch, cond, x0_prev if self_condition else None)
         pred = model_predictions(s, output, x, t_batch, objective, clip_x0)
         mean, posterior_variance, _ = q_posterior(s, pred.x0, x, t_batch)
         if variance == "fixed_small":
@@ -206,12 +98,12 @@ def _ddpm_loop(model_fn, s, key, x_T, cond, token, *, shape, objective, clip_x0,
             std = jnp.sqrt(extract(s.betas, t_batch, x.ndim))
         noise = jax.random.normal(jax.random.fold_in(key, t), shape, x.dtype)
         x_prev = mean + jnp.where(t > 0, std, 0.0) * noise
-        _maybe_report(report, token, s.timesteps - 1 - t, s.timesteps)
+        report_step(report, token, s.timesteps - 1 - t, s.timesteps)
         return (x_prev, pred.x0), (x_prev if return_trajectory else None)
 
     times = jnp.arange(s.timesteps - 1, -1, -1, dtype=jnp.int32)
     (x, _), trajectory = jax.lax.scan(step, (x_T, jnp.zeros_like(x_T)), times)
-    return _finish(x, trajectory, x_T, return_trajectory)
+    return finish(x, trajectory, x_T, return_trajectory)
 
 
 def ddpm_sample(
@@ -256,17 +148,17 @@ def ddpm_sample(
     check_objective(objective)
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance={variance!r}; choose one of {', '.join(VARIANCES)}")
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     cond = dict(cond or {})
-    model_fn = _prepare_model(model_fn, shape, cond, self_condition, guidance_scale,
+    model_fn = prepare_model(model_fn, shape, cond, self_condition, guidance_scale,
                               guidance_rescale, null_cond)
-    x_T = _check_x_T(x_T, shape)
+    x_T = check_x_T(x_T, shape)
     loop = lambda report, token: _ddpm_loop(  # noqa: E731
         model_fn, s, key, x_T, cond, token, shape=shape, objective=objective,
         clip_x0=bool(clip_x0), variance=variance, self_condition=bool(self_condition),
         return_trajectory=bool(return_trajectory), report=report,
     )
-    return _run_with_progress(progress, s.timesteps, "DDPM", loop)
+    return run_with_progress(progress, s.timesteps, "DDPM", loop)
 
 
 def ddim_coefficients(alpha_cumprod: Array, alpha_cumprod_next: Array, eta) -> tuple[Array, Array]:
@@ -299,7 +191,7 @@ def _safe_sqrt(value: Array) -> Array:
 )
 def _ddim_loop(model_fn, s, key, x_T, cond, eta, token, *, shape, num_steps, objective, clip_x0,
                timestep_spacing, self_condition, return_trajectory, report):
-    x_T, key = _start(key, x_T, shape)
+    x_T, key = start_noise(key, x_T, shape)
     pairs = jnp.asarray(ddim_timesteps(s.timesteps, num_steps, timestep_spacing))
     alphas_cumprod = jnp.asarray(s.alphas_cumprod)
 
@@ -308,19 +200,19 @@ def _ddim_loop(model_fn, s, key, x_T, cond, eta, token, *, shape, num_steps, obj
         pair, index = scanned
         t, t_next = pair[0], pair[1]
         t_batch = jnp.full((shape[0],), t, jnp.int32)
-        output = _call_model(model_fn, x, t, cond, x0_prev if self_condition else None)
+        output = call_model(model_fn, x, t_batch, cond, x0_prev if self_condition else None)
         pred = model_predictions(s, output, x, t_batch, objective, clip_x0)
         alpha_cumprod = alphas_cumprod[t]
         alpha_cumprod_next = jnp.where(t_next >= 0, alphas_cumprod[jnp.maximum(t_next, 0)], 1.0)
         sigma, coefficient = ddim_coefficients(alpha_cumprod, alpha_cumprod_next, eta)
         noise = jax.random.normal(jax.random.fold_in(key, t), shape, x.dtype)
         x_next = jnp.sqrt(alpha_cumprod_next) * pred.x0 + coefficient * pred.eps + sigma * noise
-        _maybe_report(report, token, index, num_steps)
+        report_step(report, token, index, num_steps)
         return (x_next, pred.x0), (x_next if return_trajectory else None)
 
     (x, _), trajectory = jax.lax.scan(step, (x_T, jnp.zeros_like(x_T)),
                                       (pairs, jnp.arange(num_steps, dtype=jnp.int32)))
-    return _finish(x, trajectory, x_T, return_trajectory)
+    return finish(x, trajectory, x_T, return_trajectory)
 
 
 def ddim_sample(
@@ -366,99 +258,15 @@ def ddim_sample(
     if not isinstance(eta, jax.core.Tracer) and not np.all(
             np.isfinite(eta) & (np.asarray(eta) >= 0)):
         raise ValueError(f"eta must be finite and >= 0, got eta={eta}")
-    shape = _check_shape(shape)
+    shape = check_shape(shape)
     cond = dict(cond or {})
-    model_fn = _prepare_model(model_fn, shape, cond, self_condition, guidance_scale,
+    model_fn = prepare_model(model_fn, shape, cond, self_condition, guidance_scale,
                               guidance_rescale, null_cond)
-    x_T, eta = _check_x_T(x_T, shape), jnp.asarray(eta, jnp.float32)
+    x_T, eta = check_x_T(x_T, shape), jnp.asarray(eta, jnp.float32)
     loop = lambda report, token: _ddim_loop(  # noqa: E731
         model_fn, s, key, x_T, cond, eta, token, shape=shape, num_steps=int(num_steps),
         objective=objective, clip_x0=bool(clip_x0), timestep_spacing=timestep_spacing,
         self_condition=bool(self_condition), return_trajectory=bool(return_trajectory),
         report=report,
     )
-    return _run_with_progress(progress, int(num_steps), "DDIM", loop)
-
-
-@functools.partial(jit, static_argnames=("num_steps", "objective", "timestep_spacing",
-                                         "return_trajectory"))
-def _invert_loop(model_fn, s, x0, cond, *, num_steps, objective, timestep_spacing,
-                 return_trajectory):
-    # the DDIM pairs walked backwards: from t_prev (-1: abar = 1, the data) up to t
-    pairs = jnp.asarray(ddim_timesteps(s.timesteps, num_steps, timestep_spacing)[::-1])
-    alphas_cumprod = jnp.asarray(s.alphas_cumprod)
-
-    def step(x, pair):
-        t, t_prev = pair[0], pair[1]
-        abar = alphas_cumprod[t]
-        abar_prev = jnp.where(t_prev >= 0, alphas_cumprod[jnp.maximum(t_prev, 0)], 1.0)
-        # the model sees x at the lower noise level with the higher t (the usual approximation:
-        # the exact eps at t would need the unknown x_t)
-        output = _call_model(model_fn, x, t, cond, None)
-        t_batch = jnp.full((x.shape[0],), t, jnp.int32)
-        eps = model_predictions(s, output, x, t_batch, objective).eps
-        x0_hat = (x - jnp.sqrt(1.0 - abar_prev) * eps) / jnp.sqrt(abar_prev)
-        x_next = jnp.sqrt(abar) * x0_hat + jnp.sqrt(1.0 - abar) * eps
-        return x_next, (x_next if return_trajectory else None)
-
-    x, trajectory = jax.lax.scan(step, x0, pairs)
-    return _finish(x, trajectory, x0, return_trajectory)
-
-
-def ddim_invert(
-    model_fn: Callable[..., Array],
-    s: Schedule,
-    x0: Array,
-    *,
-    num_steps: int = 50,
-    objective: str = "pred_noise",
-    timestep_spacing: str = "trailing",
-    cond: Mapping[str, Array] | None = None,
-    return_trajectory: bool = False,
-) -> Array:
-    """Deterministic DDIM inversion (Song et al. 2021, sec. 4.3; eta = 0): the x_T from which
-    `ddim_sample(..., eta=0, num_steps, timestep_spacing, x_T=x_T)` returns approximately x0.
-
-    It walks the DDIM times of `ddim_timesteps` upwards: x_t = sqrt(abar_t) x0_hat +
-    sqrt(1 - abar_t) eps_hat, with eps_hat = model_fn(x_{t_prev}, t) and x0_hat the x0 it implies
-    at the lower level t_prev (the standard approximation of the ODE step; exact as the steps
-    shrink). x0: float32 [B, ...] in model space. Returns x_T, or (x_T, trajectory
-    [num_steps + 1, *shape] from x0 up to x_T) with `return_trajectory`. No x0 clipping.
-    """
-    check_objective(objective)
-    check_num_steps(num_steps, s.timesteps)
-    if timestep_spacing not in TIMESTEP_SPACINGS:
-        raise ValueError(f"unknown timestep_spacing={timestep_spacing!r}; "
-                         f"choose one of {', '.join(TIMESTEP_SPACINGS)}")
-    x0 = jnp.asarray(x0, jnp.float32)
-    shape = _check_shape(x0.shape)
-    cond = dict(cond or {})
-    model_fn = _prepare_model(model_fn, shape, cond, False, None, 0.0, None)
-    return _invert_loop(model_fn, s, x0, cond, num_steps=int(num_steps), objective=objective,
-                        timestep_spacing=timestep_spacing,
-                        return_trajectory=bool(return_trajectory))
-
-
-def slerp(x0: Array, x1: Array, alpha) -> Array:
-    """Spherical interpolation between two noises per example (Shoemake 1985), the usual way to
-    interpolate Gaussian x_T (a straight line would pass through low-norm, atypical noise):
-
-        slerp = sin((1 - a) theta) / sin(theta) x0 + sin(a theta) / sin(theta) x1,
-
-    theta the angle between the flattened x0[i] and x1[i]; nearly parallel pairs fall back to the
-    straight line. x0, x1: [B, ...]; alpha: a number or [B] in [0, 1]."""
-    x0, x1 = jnp.asarray(x0, jnp.float32), jnp.asarray(x1, jnp.float32)
-    if x0.shape != x1.shape:
-        raise ValueError(f"slerp needs equal shapes, got {x0.shape} and {x1.shape}")
-    flat0, flat1 = x0.reshape(x0.shape[0], -1), x1.reshape(x1.shape[0], -1)
-    cosine = jnp.sum(flat0 * flat1, axis=1) / (
-        jnp.linalg.norm(flat0, axis=1) * jnp.linalg.norm(flat1, axis=1))
-    theta = jnp.arccos(jnp.clip(cosine, -1.0, 1.0))
-    alpha = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), theta.shape)
-    sin_theta = jnp.sin(theta)
-    parallel = sin_theta < 1e-6
-    safe = jnp.where(parallel, 1.0, sin_theta)
-    w0 = jnp.where(parallel, 1.0 - alpha, jnp.sin((1.0 - alpha) * theta) / safe)
-    w1 = jnp.where(parallel, alpha, jnp.sin(alpha * theta) / safe)
-    expand = (-1,) + (1,) * (x0.ndim - 1)
-    return w0.reshape(expand) * x0 + w1.reshape(expand) * x1
+    return run_with_progress(progress, int(num_steps), "DDIM", loop)

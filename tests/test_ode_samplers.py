@@ -28,10 +28,16 @@ def sched():
     return jaxdiff.make_schedule("linear", timesteps=T)
 
 
+def _sigmas(s):
+    """sigma(t) = sqrt((1 - abar) / abar) in float64, from the schedule's abar table."""
+    alphas_cumprod = np.asarray(s.alphas_cumprod, np.float64)
+    return np.sqrt((1.0 - alphas_cumprod) / alphas_cumprod)
+
+
 def exact_eps_model(s, x_t, t):
     """The exact eps prediction for N(MU, C^2) data at (possibly real-valued) t, with sigma(t)
     interpolated in log sigma between the table's integers (the samplers' convention)."""
-    log_sigmas = np.log(ode_samplers.sigmas_of(s)).astype(np.float32)
+    log_sigmas = np.log(_sigmas(s)).astype(np.float32)
     log_sigma = jnp.interp(t.astype(jnp.float32), jnp.arange(T, dtype=jnp.float32), log_sigmas)
     sigma = jnp.exp(log_sigma)[:, None]
     alpha = 1.0 / jnp.sqrt(1.0 + sigma**2)
@@ -41,7 +47,7 @@ def exact_eps_model(s, x_t, t):
 
 
 def exact_endpoint(s, x_T):
-    sigma_max = ode_samplers.sigmas_of(s)[-1]
+    sigma_max = _sigmas(s)[-1]
     x_ve = np.asarray(x_T, np.float64) * np.sqrt(1.0 + sigma_max**2)
     return MU + (x_ve - MU) * C / np.sqrt(C**2 + sigma_max**2)
 
@@ -59,7 +65,7 @@ def test_timesteps_follow_diffusers_definitions():
 def test_karras_sigmas_eq_5():
     sigmas = karras_sigmas(0.002, 80.0, 3, rho=7.0)
     middle = ((80.0 ** (1 / 7) + 0.002 ** (1 / 7)) / 2) ** 7
-    np.testing.assert_allclose(sigmas, [80.0, middle, 0.002, 0.0], rtol=1e-12)
+    np.testing.assert_allclose(sigmas, [80.0, middle, 0.002, 0.0], rtol=1e-6)  # float32
 
 
 def test_first_order_dpm_solver_is_ddim_with_eta_zero(sched):
@@ -80,7 +86,7 @@ def _error(sample, s, x_T):
 
 def _exact_vp(s, x_T, sigma):
     """The exact ODE solution at noise level sigma, in VP space."""
-    sigmas = ode_samplers.sigmas_of(s)
+    sigmas = _sigmas(s)
     x_ve = np.asarray(x_T, np.float64) * np.sqrt(1.0 + sigmas[-1] ** 2)
     x_ve = MU + (x_ve - MU) * np.sqrt(C**2 + sigma**2) / np.sqrt(C**2 + sigmas[-1] ** 2)
     return x_ve / np.sqrt(1.0 + sigma**2)
@@ -95,7 +101,7 @@ def _halfway_error(s, x_T, order, num_steps):
                                       return_trajectory=True)
     k = num_steps // 2
     time = dpm_solver_timesteps(T, num_steps, "linspace")[k]
-    sigma = ode_samplers.sigmas_of(s)[time]
+    sigma = _sigmas(s)[time]
     return float(np.max(np.abs(np.asarray(trajectory[k], np.float64) - _exact_vp(s, x_T, sigma))))
 
 
@@ -127,13 +133,43 @@ def test_higher_orders_are_more_accurate(sched):
     assert karras[0] > 5 * karras[1]  # measured 0.11 and 0.011
 
 
+def _karras_halfway_error(s, x_T, solver, num_steps):
+    model_fn = functools.partial(exact_eps_model, s)
+    _, trajectory = karras_sample(model_fn, s, key=jax.random.key(0), shape=x_T.shape,
+                                  num_steps=num_steps, solver=solver, x_T=x_T,
+                                  return_trajectory=True)
+    sigmas = _sigmas(s)
+    k = num_steps // 2
+    sigma = float(karras_sigmas(sigmas[0], sigmas[-1], num_steps)[k])
+    return float(np.max(np.abs(np.asarray(trajectory[k], np.float64) - _exact_vp(s, x_T, sigma))))
+
+
+@pytest.mark.parametrize("solver,rate", [("euler", 1.7), ("heun", 3.5)])
+def test_karras_converges_at_its_order(sched, solver, rate):
+    """Halfway along the trajectory (measured 20 -> 40 steps: Heun 5.9x, as a float64 reference
+    integration of the same grid gives; a float32 rounding residual that leaked noise into the
+    churn-free sampler once held it at 2e-3 from 40 steps on)."""
+    x_T = jax.random.normal(jax.random.key(2), (256, 2))
+    coarse = _karras_halfway_error(sched, x_T, solver, 20)
+    fine = _karras_halfway_error(sched, x_T, solver, 40)
+    assert coarse / fine > rate, (coarse, fine)
+
+
+def test_karras_without_churn_is_deterministic(sched):
+    model_fn = functools.partial(exact_eps_model, sched)
+    x_T = jax.random.normal(jax.random.key(5), (64, 2))
+    a, b = (karras_sample(model_fn, sched, key=jax.random.key(seed), shape=(64, 2), num_steps=10,
+                          x_T=x_T) for seed in (0, 1))
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("objective", ["pred_noise", "pred_x0", "pred_v"])
 def test_karras_heun_reaches_the_exact_endpoint_for_every_objective(sched, objective):
     def model_fn(x_t, t):
         eps = exact_eps_model(sched, x_t, t)
         if objective == "pred_noise":
             return eps
-        log_sigmas = np.log(ode_samplers.sigmas_of(sched)).astype(np.float32)
+        log_sigmas = np.log(_sigmas(sched)).astype(np.float32)
         sigma = jnp.exp(jnp.interp(t, jnp.arange(T, dtype=jnp.float32), log_sigmas))[:, None]
         alpha, sigma_vp = 1.0 / jnp.sqrt(1.0 + sigma**2), sigma / jnp.sqrt(1.0 + sigma**2)
         x0 = (x_t - sigma_vp * eps) / alpha
@@ -142,7 +178,7 @@ def test_karras_heun_reaches_the_exact_endpoint_for_every_objective(sched, objec
     x_T = jax.random.normal(jax.random.key(4), (256, 2))
     sample = karras_sample(model_fn, sched, key=jax.random.key(0), shape=(256, 2), num_steps=100,
                            solver="heun", objective=objective, x_T=x_T)
-    assert _error(sample, sched, x_T) < 5e-3  # measured 1.7e-3 (pred_noise)
+    assert _error(sample, sched, x_T) < 3e-3  # measured 8.9e-4 (pred_noise)
 
 
 def test_karras_churn_is_stochastic_and_keeps_the_distribution(sched):

@@ -167,8 +167,8 @@ def test_the_maths_imports_only_jax_and_numpy():
     import pathlib
     import sys
 
-    maths = {"schedules", "diffusion", "losses", "samplers", "ode_samplers", "guidance",
-             "compilation"}
+    maths = {"schedules", "diffusion", "losses", "samplers", "ode_samplers", "editing",
+             "sampling", "guidance", "compilation"}
     root = pathlib.Path(jaxdiff.__file__).parent
     allowed = {"jax", "numpy", "jaxdiff", "tqdm"} | set(sys.stdlib_module_names)
     for name in sorted(maths):

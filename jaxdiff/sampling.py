@@ -1,0 +1,131 @@
+"""What every sampler shares: argument checks, the model as a pytree with its captured arrays
+traced (jaxdiff.compilation), the model call with its output-shape check, the start and end of the
+reverse loop, and progress reports from inside the compiled loop.
+
+Progress: the compiled loop passes a traced token to `jax.debug.callback`, and the host looks up
+the handler registered for that token, so a new handler never recompiles the loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff.compilation import trace_captured_arrays
+from jaxdiff.diffusion import check_output_shape
+from jaxdiff.guidance import _guided_model_fn
+
+
+def check_num_steps(num_steps: int, timesteps: int) -> None:
+    """Raise a ValueError naming `num_steps` unless 1 <= num_steps <= T."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+        raise ValueError(f"num_steps must be an integer, got num_steps={num_steps!r}")
+    if not 1 <= num_steps <= timesteps:
+        raise ValueError(f"num_steps={num_steps} must be in [1, T={timesteps}]")
+
+
+def check_shape(shape) -> tuple[int, ...]:
+    """`shape` as a tuple of ints [N, ...], every size >= 1, or a ValueError naming it."""
+    try:
+        shape = tuple(int(d) for d in shape)
+    except TypeError:
+        raise ValueError(f"shape must be a tuple of ints, got shape={shape!r}") from None
+    if len(shape) < 2 or min(shape) < 1:
+        raise ValueError(f"shape must be [N, ...] with every size >= 1, got shape={shape}")
+    return shape
+
+
+def check_x_T(x_T, shape):
+    """None, or x_T as float32 of exactly `shape` (a ValueError otherwise)."""
+    if x_T is None:
+        return None
+    x_T = jnp.asarray(x_T, jnp.float32)
+    if x_T.shape != shape:
+        raise ValueError(f"x_T has shape {x_T.shape}, expected shape={shape}")
+    return x_T
+
+
+def call_model(model_fn, x, t_batch, cond, x_self_cond=None):
+    """`model_fn(x, t_batch, **cond[, x_self_cond])`, its output shape checked against x."""
+    kwargs = dict(cond)
+    if x_self_cond is not None:
+        kwargs["x_self_cond"] = x_self_cond
+    output = model_fn(x, t_batch, **kwargs)
+    check_output_shape(output, x)
+    return output
+
+
+def prepare_model(model_fn, shape, cond, self_condition, guidance_scale, guidance_rescale,
+                   null_cond):
+    """The model as a pytree with every captured array traced (guided when given a scale)."""
+    model_fn = _guided_model_fn(model_fn, cond, shape, guidance_scale, guidance_rescale, null_cond)
+    example = dict(cond)
+    if self_condition:
+        example["x_self_cond"] = jax.ShapeDtypeStruct(shape, jnp.float32)
+    return trace_captured_arrays(model_fn, jax.ShapeDtypeStruct(shape, jnp.float32),
+                                 jax.ShapeDtypeStruct(shape[:1], jnp.int32), **example)
+
+
+_PROGRESS_HANDLERS: dict[int, Callable[[int, int], None]] = {}
+_PROGRESS_TOKENS = itertools.count()
+
+
+def _report(token, done, total: int) -> None:
+    handler = _PROGRESS_HANDLERS.get(int(token))
+    if handler is not None:
+        handler(int(done), total)
+
+
+def report_step(report: bool, token, index, total: int) -> None:
+    """Inside a loop: report step `index + 1` of `total`, about 100 times per loop."""
+    if not report:
+        return
+    every = max(1, total // 100)
+    done = index + 1
+    jax.lax.cond(
+        (done % every == 0) | (done == total),
+        lambda: jax.debug.callback(functools.partial(_report, total=total), token, done),
+        lambda: None,
+    )
+
+
+def run_with_progress(progress, total: int, description: str, loop):
+    """Call `loop(report, token)` with `progress` (False, True for a bar, or a callable
+    (done, total)) registered for the duration of the computation."""
+    if not progress:
+        return loop(False, jnp.int32(0))
+    if callable(progress):
+        handler, bar = progress, None
+    else:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=description, unit="step", dynamic_ncols=True, leave=False)
+        handler = lambda done, _: bar.update(max(0, done - bar.n))  # noqa: E731
+    token = next(_PROGRESS_TOKENS) % 2**31
+    _PROGRESS_HANDLERS[token] = handler
+    try:
+        return jax.block_until_ready(loop(True, jnp.int32(token)))
+    finally:
+        del _PROGRESS_HANDLERS[token]
+        if bar is not None:
+            bar.close()
+
+
+def start_noise(key, x_T, shape):
+    """(x_T, the loop's key): x_T drawn from N(0, I) when not given."""
+    key_start, key_loop = jax.random.split(key)
+    if x_T is None:
+        x_T = jax.random.normal(key_start, shape, jnp.float32)
+    return x_T, key_loop
+
+
+def finish(x, trajectory, x_T, return_trajectory):
+    """The samples, or (samples, trajectory with x_T first)."""
+    if not return_trajectory:
+        return x
+    return x, jnp.concatenate([x_T[None], trajectory], axis=0)
