@@ -29,7 +29,8 @@ from jax import Array
 
 from jaxdiff.compilation import jit
 from jaxdiff.diffusion import check_objective
-from jaxdiff.sampling import (call_model, check_num_steps, check_shape, check_x_T, finish,
+from jaxdiff.sampling import (call_model, check_editing, check_num_steps, check_shape,
+                              check_steps_after_start, check_x_T, finish, noised_start,
                               prepare_model, report_step, run_with_progress, start_noise)
 from jaxdiff.schedules import Schedule
 
@@ -88,11 +89,15 @@ def _x0_from_output(output, x, alpha, sigma, objective: str, clip_x0: bool):
 
 @functools.partial(
     jit, static_argnames=("shape", "num_steps", "order", "objective", "clip_x0",
-                          "timestep_spacing", "lower_order_final", "return_trajectory", "report"))
-def _dpm_loop(model_fn, s, key, x_T, cond, token, *, shape, num_steps, order, objective, clip_x0,
-              timestep_spacing, lower_order_final, return_trajectory, report):
+                          "timestep_spacing", "lower_order_final", "return_trajectory", "report",
+                          "t_start", "self_condition"))
+def _dpm_loop(model_fn, s, key, x_T, cond, token, x_start, *, shape, num_steps, order, objective,
+              clip_x0, timestep_spacing, lower_order_final, return_trajectory, report, t_start,
+              self_condition):
     x_T, _ = start_noise(key, x_T, shape)
-    times = dpm_solver_timesteps(s.timesteps, num_steps, timestep_spacing)
+    # SDEdit spreads the steps over the times [0, t_start], as if T were t_start + 1
+    span = s.timesteps if t_start is None else t_start + 1
+    times = dpm_solver_timesteps(span, num_steps, timestep_spacing)
     # diffusers' float32 sigma table (interpolated at integer times: the table itself), then 0
     sigma_table = sigmas_of(s)
     sigmas = jnp.concatenate([sigma_table[jnp.asarray(times)], jnp.zeros((1,), jnp.float32)])
@@ -107,7 +112,8 @@ def _dpm_loop(model_fn, s, key, x_T, cond, token, *, shape, num_steps, order, ob
         x, m1, m2 = carry  # the x0 predictions of the previous two steps
         t = jnp.asarray(times)[index]
         alpha_s, sigma_s = alphas[index], vp_sigmas[index]
-        output = call_model(model_fn, x, jnp.full((shape[0],), t, jnp.int32), cond)
+        output = call_model(model_fn, x, jnp.full((shape[0],), t, jnp.int32), cond,
+                            m1 if self_condition else None)
         m0 = _x0_from_output(output, x, alpha_s, sigma_s, objective, clip_x0)
         alpha_t, sigma_t = alphas[index + 1], vp_sigmas[index + 1]
         lambda_t, lambda_s0 = lambdas[index + 1], lambdas[index]
@@ -133,10 +139,11 @@ def _dpm_loop(model_fn, s, key, x_T, cond, token, *, shape, num_steps, order, ob
         report_step(report, token, index, num_steps)
         return (x_next, m0, m1), (x_next if return_trajectory else None)
 
+    x_first = noised_start(s, x_T, x_start, int(times[0]))
     zeros = jnp.zeros_like(x_T)
-    (x, _, _), trajectory = jax.lax.scan(step, (x_T, zeros, zeros),
+    (x, _, _), trajectory = jax.lax.scan(step, (x_first, zeros, zeros),
                                          jnp.arange(num_steps, dtype=jnp.int32))
-    return finish(x, trajectory, x_T, return_trajectory)
+    return finish(x, trajectory, x_first, return_trajectory)
 
 
 def dpm_solver_sample(
@@ -158,6 +165,9 @@ def dpm_solver_sample(
     guidance_rescale=0.0,
     null_cond: Mapping[str, Array] | None = None,
     progress=False,
+    x_start: Array | None = None,
+    t_start: int | None = None,
+    self_condition: bool = False,
 ):
     """Multistep DPM-Solver++ (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
     Diffusion Probabilistic Models", algorithms 1-2; data prediction), orders 1, 2 and 3.
@@ -172,9 +182,15 @@ def dpm_solver_sample(
     `dpm_solver_timesteps`, float32 sigmas, warm-up from first order, the last step to
     sigma = 0 returning x0_hat, and `lower_order_final` (see `dpm_solver_orders`).
 
-    model_fn, objective, cond, guidance_scale, guidance_rescale, null_cond and progress are as in
-    `ddim_sample`; clip_x0 (default off, as diffusers) clips x0_hat to [-1, 1]. Returns samples of
-    `shape`, or (samples, trajectory [num_steps + 1, *shape], x_T first).
+    model_fn, objective, cond, guidance_scale, guidance_rescale, null_cond, self_condition (the
+    previous step's x0 prediction) and progress are as in `ddim_sample`; clip_x0 (default off,
+    as diffusers) clips x0_hat to [-1, 1]. Returns samples of `shape`, or (samples, trajectory
+    [num_steps + 1, *shape], x_T first).
+
+    SDEdit (`x_start`, `t_start`; t_start static) as in `ddim_sample`: the steps are the times
+    `dpm_solver_timesteps(t_start + 1, num_steps, timestep_spacing)`, x_start noised to the
+    first of them (t_start except for "leading") with x_T as the noise. (Inpainting is not
+    offered: replacing part of x between steps would invalidate the multistep history.)
     """
     check_objective(objective)
     check_num_steps(num_steps, s.timesteps)
@@ -184,15 +200,18 @@ def dpm_solver_sample(
         raise ValueError(f"unknown timestep_spacing={timestep_spacing!r}; choose one of "
                          f"{', '.join(DPM_SPACINGS)}")
     shape = check_shape(shape)
+    x_start, t_start, _, _ = check_editing(s.timesteps, shape, x_start, t_start, None, None)
+    check_steps_after_start(num_steps, t_start)
     cond = dict(cond or {})
-    model_fn = prepare_model(model_fn, shape, cond, False, guidance_scale, guidance_rescale,
-                              null_cond)
+    model_fn = prepare_model(model_fn, shape, cond, self_condition, guidance_scale,
+                              guidance_rescale, null_cond)
     x_T = check_x_T(x_T, shape)
     loop = lambda report, token: _dpm_loop(  # noqa: E731
-        model_fn, s, key, x_T, cond, token, shape=shape, num_steps=int(num_steps),
+        model_fn, s, key, x_T, cond, token, x_start, shape=shape, num_steps=int(num_steps),
         order=int(order), objective=objective, clip_x0=bool(clip_x0),
         timestep_spacing=timestep_spacing, lower_order_final=bool(lower_order_final),
-        return_trajectory=bool(return_trajectory), report=report)
+        return_trajectory=bool(return_trajectory), report=report, t_start=t_start,
+        self_condition=bool(self_condition))
     return run_with_progress(progress, int(num_steps), "DPM-Solver++", loop)
 
 
@@ -215,24 +234,26 @@ def sigma_to_t(sigma: Array, log_sigmas: Array) -> Array:
 
 @functools.partial(
     jit, static_argnames=("shape", "num_steps", "solver", "objective", "clip_x0",
-                          "return_trajectory", "report"))
-def _karras_loop(model_fn, s, key, x_T, cond, rho, churn, token, *, shape, num_steps, solver,
-                 objective, clip_x0, return_trajectory, report):
+                          "return_trajectory", "report", "t_start", "self_condition"))
+def _karras_loop(model_fn, s, key, x_T, cond, rho, churn, token, x_start, *, shape, num_steps,
+                 solver, objective, clip_x0, return_trajectory, report, t_start, self_condition):
     x_T, key = start_noise(key, x_T, shape)
     sigma_table = sigmas_of(s)
     log_sigmas = jnp.log(sigma_table)
-    sigma_max = sigma_table[-1]
+    start = s.timesteps - 1 if t_start is None else t_start
+    sigma_max = sigma_table[start]
     sigmas = karras_sigmas(sigma_table[0], sigma_max, num_steps, rho)
     gamma = jnp.minimum(churn / num_steps, jnp.sqrt(2.0) - 1.0)
 
-    def denoise(x, sigma):
+    def denoise(x, sigma, x0_prev):
         """D(x_VE, sigma): the model at VP input x / sqrt(1 + sigma^2) and real t(sigma)."""
         alpha = 1.0 / jnp.sqrt(1.0 + sigma**2)
         t = jnp.full((shape[0],), sigma_to_t(sigma, log_sigmas), jnp.float32)
-        output = call_model(model_fn, x * alpha, t, cond)
+        output = call_model(model_fn, x * alpha, t, cond, x0_prev if self_condition else None)
         return _x0_from_output(output, x * alpha, alpha, sigma * alpha, objective, clip_x0)
 
-    def step(x, index):
+    def step(carry, index):
+        x, x0_prev = carry
         sigma, sigma_next = sigmas[index], sigmas[index + 1]
         # Algorithm 2: raise the noise level to sigma_hat = (1 + gamma) sigma with fresh noise
         sigma_hat = sigma * (1.0 + gamma)
@@ -241,21 +262,27 @@ def _karras_loop(model_fn, s, key, x_T, cond, rho, churn, token, *, shape, num_s
         # squares leaves a rounding residual (XLA may fuse it into an FMA), which at gamma = 0
         # added noise of std ~ sqrt(ulp(sigma^2)) to the deterministic sampler
         x_hat = x + sigma * jnp.sqrt(gamma * (2.0 + gamma)) * noise
-        d = (x_hat - denoise(x_hat, sigma_hat)) / sigma_hat
-        x_next = x_hat + (sigma_next - sigma_hat) * d
+        x0 = denoise(x_hat, sigma_hat, x0_prev)
+        d = (x_hat - x0) / sigma_hat
+        # the Euler step x_hat + (sigma_next - sigma_hat) d, written without the cancellation of
+        # two terms of size sigma_hat (float32 loses ulp(sigma_max) there: 16 at sigma 2.6e8)
+        ratio = sigma_next / sigma_hat
+        x_next = ratio * x_hat + (1.0 - ratio) * x0
         if solver == "heun":  # Algorithm 1, lines 9-11: trapezoidal correction if sigma_next > 0
             safe_next = jnp.where(sigma_next > 0, sigma_next, 1.0)
-            d_next = (x_next - denoise(x_next, safe_next)) / safe_next
+            d_next = (x_next - denoise(x_next, safe_next, x0)) / safe_next
             corrected = x_hat + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
             x_next = jnp.where(sigma_next > 0, corrected, x_next)
         report_step(report, token, index, num_steps)
         # the trajectory in VP space, comparable with the other samplers'
         vp = x_next / jnp.sqrt(1.0 + sigma_next**2)
-        return x_next, (vp if return_trajectory else None)
+        return (x_next, x0), (vp if return_trajectory else None)
 
-    x, trajectory = jax.lax.scan(step, x_T * jnp.sqrt(1.0 + sigma_max**2),
-                                 jnp.arange(num_steps, dtype=jnp.int32))
-    return finish(x, trajectory, x_T, return_trajectory)
+    x_first = noised_start(s, x_T, x_start, start)  # VP space
+    (x, _), trajectory = jax.lax.scan(
+        step, (x_first * jnp.sqrt(1.0 + sigma_max**2), jnp.zeros_like(x_first)),
+        jnp.arange(num_steps, dtype=jnp.int32))
+    return finish(x, trajectory, x_first, return_trajectory)
 
 
 def karras_sample(
@@ -277,6 +304,9 @@ def karras_sample(
     guidance_rescale=0.0,
     null_cond: Mapping[str, Array] | None = None,
     progress=False,
+    x_start: Array | None = None,
+    t_start: int | None = None,
+    self_condition: bool = False,
 ):
     """The EDM sampler of Karras et al. 2022 ("Elucidating the Design Space of Diffusion-Based
     Generative Models", algorithms 1 and 2) on a discrete-time VP model.
@@ -290,8 +320,13 @@ def karras_sample(
     The model is called at real t = `sigma_to_t(sigma)`. Model calls: num_steps for "euler",
     2 num_steps - 1 for "heun".
 
-    rho and churn are traced (new values do not recompile). Other arguments as `ddim_sample`.
+    rho and churn are traced (new values do not recompile). Other arguments as `ddim_sample`
+    (with `self_condition`, the model gets the latest x0 prediction).
     Returns samples of `shape`, or (samples, trajectory [num_steps + 1, *shape] in VP space).
+
+    SDEdit (`x_start`, `t_start`; t_start static): the sigma grid starts at sigma(t_start)
+    instead of sigma(T - 1), from x_start + sigma(t_start) x_T (in VE space; q(x_t_start |
+    x_start) with x_T as the noise).
     """
     check_objective(objective)
     check_num_steps(num_steps, s.timesteps)
@@ -303,13 +338,15 @@ def karras_sample(
             bound = "> 0" if name == "rho" else ">= 0"
             raise ValueError(f"{name} must be a finite number {bound}, got {name}={value!r}")
     shape = check_shape(shape)
+    x_start, t_start, _, _ = check_editing(s.timesteps, shape, x_start, t_start, None, None)
     cond = dict(cond or {})
-    model_fn = prepare_model(model_fn, shape, cond, False, guidance_scale, guidance_rescale,
-                              null_cond)
+    model_fn = prepare_model(model_fn, shape, cond, self_condition, guidance_scale,
+                              guidance_rescale, null_cond)
     x_T = check_x_T(x_T, shape)
     rho, churn = jnp.asarray(rho, jnp.float32), jnp.asarray(churn, jnp.float32)
     loop = lambda report, token: _karras_loop(  # noqa: E731
-        model_fn, s, key, x_T, cond, rho, churn, token, shape=shape, num_steps=int(num_steps),
-        solver=solver, objective=objective, clip_x0=bool(clip_x0),
-        return_trajectory=bool(return_trajectory), report=report)
+        model_fn, s, key, x_T, cond, rho, churn, token, x_start, shape=shape,
+        num_steps=int(num_steps), solver=solver, objective=objective, clip_x0=bool(clip_x0),
+        return_trajectory=bool(return_trajectory), report=report, t_start=t_start,
+        self_condition=bool(self_condition))
     return run_with_progress(progress, int(num_steps), f"Karras {solver}", loop)

@@ -39,8 +39,10 @@ from jax import Array
 
 from jaxdiff.compilation import jit
 from jaxdiff.diffusion import check_objective, extract, model_predictions, q_posterior
-from jaxdiff.sampling import (call_model, check_num_steps, check_shape, check_x_T, finish,
-                              prepare_model, report_step, run_with_progress, start_noise)
+from jaxdiff.sampling import (START_NOISE, call_model, check_editing, check_num_steps,
+                              check_shape, check_steps_after_start, check_x_T, finish, keep_known,
+                              noised_start, prepare_model, report_step, run_with_progress,
+                              start_noise)
 from jaxdiff.schedules import Schedule
 
 VARIANCES = ("fixed_small", "fixed_large")
@@ -77,16 +79,63 @@ def ddim_timesteps(timesteps: int, num_steps: int, spacing: str = "trailing") ->
     return np.stack([times[:-1], times[1:]], axis=1).astype(np.int32)
 
 
+def ddpm_timesteps(timesteps: int, t_start: int | None = None, resamples: int = 1,
+                   jump_length: int = 10) -> np.ndarray:
+    """The moves of the DDPM loop, int32 [S, 2] of (t, t_next): a reverse step when
+    t_next = t - 1 (the last to -1, the data), a forward jump of q(x_t_next | x_t) otherwise.
+
+    Plain DDPM visits t = T - 1, ..., 0 (SDEdit: from `t_start`). With `resamples` r > 1 it
+    follows RePaint's schedule (Lugmayr et al. 2022, sec. 4.2): on reaching a time
+    t = k * jump_length (k >= 0, t + jump_length <= t_start) for one of its first r - 1 times,
+    it jumps forward to t + jump_length and denoises that stretch again, so each stretch is
+    traversed r times; RePaint uses r = 10, jump_length = 10 with T = 250.
+    """
+    t_start = timesteps - 1 if t_start is None else t_start
+    jumps_left = {t: resamples - 1 for t in range(0, t_start + 1 - jump_length, jump_length)}
+    moves, t = [], t_start
+    while t >= 0:
+        moves.append((t, t - 1))
+        t -= 1
+        if jumps_left.get(t, 0) > 0:
+            jumps_left[t] -= 1
+            moves.append((t, t + jump_length))
+            t += jump_length
+    return np.asarray(moves, np.int32).reshape(-1, 2)
+
+
+def _ddpm_noise_ids(moves: np.ndarray, timesteps: int) -> np.ndarray:
+    """A distinct random-stream number per move: t for the first visit of a reverse step at t
+    (so plain DDPM draws the same noise as always), t + T v for its visit v, and numbers past
+    every reverse step's for the forward jumps."""
+    visits: dict[int, int] = {}
+    ids = []
+    jump_base = timesteps * (1 + int(np.sum(moves[:, 1] > moves[:, 0])))
+    for index, (t, t_next) in enumerate(moves):
+        if t_next > t:
+            ids.append(jump_base + index)
+        else:
+            ids.append(int(t) + timesteps * visits.get(int(t), 0))
+            visits[int(t)] = visits.get(int(t), 0) + 1
+    return np.asarray(ids, np.int32)
+
+
 @functools.partial(
     jit,
     static_argnames=("shape", "objective", "clip_x0", "variance", "self_condition",
-                     "return_trajectory", "report"),
+                     "return_trajectory", "report", "t_start", "resamples", "jump_length"),
 )
-def _ddpm_loop(model_fn, s, key, x_T, cond, token, *, shape, objective, clip_x0, variance,
-               self_condition, return_trajectory, report):
+def _ddpm_loop(model_fn, s, key, x_T, cond, token, x_start, known, mask, *, shape, objective,
+               clip_x0, variance, self_condition, return_trajectory, report, t_start, resamples,
+               jump_length):
     x_T, key = start_noise(key, x_T, shape)
+    moves = ddpm_timesteps(s.timesteps, t_start, resamples, jump_length)
+    ids = _ddpm_noise_ids(moves, s.timesteps)
+    num_reverse = int(np.sum(moves[:, 1] < moves[:, 0]))
+    # the reverse steps done before each move, for progress reports
+    done_before = np.concatenate([[0], np.cumsum(moves[:, 1] < moves[:, 0])[:-1]])
+    alphas_cumprod = jnp.asarray(s.alphas_cumprod)
 
-    def step(carry, t):
+    def reverse(carry, t, t_next, noise_key, done):
         x, x0_prev = carry
         t_batch = jnp.full((shape[0],), t, jnp.int32)
         output = call_model(model_fn, x, t_batch, cond, x0_prev if self_condition else None)
@@ -96,14 +145,38 @@ def _ddpm_loop(model_fn, s, key, x_T, cond, token, *, shape, objective, clip_x0,
             std = jnp.sqrt(posterior_variance)
         else:
             std = jnp.sqrt(extract(s.betas, t_batch, x.ndim))
-        noise = jax.random.normal(jax.random.fold_in(key, t), shape, x.dtype)
+        noise = jax.random.normal(noise_key, shape, x.dtype)
         x_prev = mean + jnp.where(t > 0, std, 0.0) * noise
-        report_step(report, token, s.timesteps - 1 - t, s.timesteps)
-        return (x_prev, pred.x0), (x_prev if return_trajectory else None)
+        x_prev = keep_known(s, x_prev, known, mask, t_next, jax.random.fold_in(noise_key, 1))
+        report_step(report, token, done, num_reverse)
+        return x_prev, pred.x0
 
-    times = jnp.arange(s.timesteps - 1, -1, -1, dtype=jnp.int32)
-    (x, _), trajectory = jax.lax.scan(step, (x_T, jnp.zeros_like(x_T)), times)
-    return finish(x, trajectory, x_T, return_trajectory)
+    def forward(carry, t, t_next, noise_key, done):
+        """RePaint's jump: x_t_next ~ q(x_t_next | x_t) = N(sqrt(a) x_t, 1 - a), a the ratio of
+        abar; the x0 estimate is kept for self-conditioning."""
+        x, x0_prev = carry
+        ratio = alphas_cumprod[t_next] / jnp.where(t >= 0, alphas_cumprod[jnp.maximum(t, 0)], 1.0)
+        noise = jax.random.normal(noise_key, shape, x.dtype)
+        return jnp.sqrt(ratio) * x + jnp.sqrt(1.0 - ratio) * noise, x0_prev
+
+    def step(carry, scanned):
+        move, noise_id, done = scanned
+        t, t_next = move[0], move[1]
+        noise_key = jax.random.fold_in(key, noise_id)
+        if resamples == 1:  # no forward jumps: every move is a reverse step
+            x_next, x0 = reverse(carry, t, t_next, noise_key, done)
+        else:
+            x_next, x0 = jax.lax.cond(t_next > t, forward, reverse, carry, t, t_next, noise_key,
+                                      done)
+        return (x_next, x0), (x_next if return_trajectory else None)
+
+    start = int(moves[0, 0])
+    x_first = noised_start(s, x_T, x_start, start)
+    x_first = keep_known(s, x_first, known, mask, start, jax.random.fold_in(key, START_NOISE))
+    (x, _), trajectory = jax.lax.scan(
+        step, (x_first, jnp.zeros_like(x_T)),
+        (jnp.asarray(moves), jnp.asarray(ids), jnp.asarray(done_before, jnp.int32)))
+    return finish(x, trajectory, x_first, return_trajectory)
 
 
 def ddpm_sample(
@@ -123,6 +196,12 @@ def ddpm_sample(
     guidance_rescale=0.0,
     null_cond: Mapping[str, Array] | None = None,
     progress=False,
+    x_start: Array | None = None,
+    t_start: int | None = None,
+    known: Array | None = None,
+    mask: Array | None = None,
+    resamples: int = 1,
+    jump_length: int = 10,
 ):
     """Ancestral sampling of Ho et al. 2020 (algorithm 2) over all T steps.
 
@@ -144,21 +223,42 @@ def ddpm_sample(
     new scales do not recompile) every step uses `classifier_free_guidance(model_fn, s,
     null_cond, guidance_rescale)`: one model call on the doubled batch, (1 - s) uncond + s cond.
     `null_cond` is the unconditional input, e.g. `{"labels": num_classes}` for the null class.
+
+    Editing (model-space data, broadcast to `shape`; `t_start`, `resamples` and `jump_length`
+    are static: each value compiles once):
+      SDEdit (Meng et al. 2022): `x_start` noised to `t_start` by q(x_t | x_start), with x_T as
+        the noise, then the reverse steps t_start, ..., 0 (t_start + 1 model calls).
+      Inpainting: `known` and `mask` (1 where known, broadcastable to `shape`): after every
+        reverse step to t the known part is replaced by a fresh draw of q(x_t | known), and by
+        `known` itself at the end, so known values come back exactly where mask = 1.
+        `resamples` r > 1 adds RePaint's resampling (Lugmayr et al. 2022): every stretch of
+        `jump_length` steps is noised forward again and re-denoised, r times in all, which
+        harmonises the generated part with the known part (about r times the model calls).
     """
     check_objective(objective)
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance={variance!r}; choose one of {', '.join(VARIANCES)}")
     shape = check_shape(shape)
+    x_start, t_start, known, mask = check_editing(s.timesteps, shape, x_start, t_start, known,
+                                                  mask)
+    for name, value in (("resamples", resamples), ("jump_length", jump_length)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
+    if resamples > 1 and known is None:
+        raise ValueError(f"resamples={resamples} is RePaint's resampling for inpainting: give "
+                         f"known and mask too (or resamples=1)")
     cond = dict(cond or {})
     model_fn = prepare_model(model_fn, shape, cond, self_condition, guidance_scale,
                               guidance_rescale, null_cond)
     x_T = check_x_T(x_T, shape)
+    moves = ddpm_timesteps(s.timesteps, t_start, int(resamples), int(jump_length))
     loop = lambda report, token: _ddpm_loop(  # noqa: E731
-        model_fn, s, key, x_T, cond, token, shape=shape, objective=objective,
-        clip_x0=bool(clip_x0), variance=variance, self_condition=bool(self_condition),
-        return_trajectory=bool(return_trajectory), report=report,
+        model_fn, s, key, x_T, cond, token, x_start, known, mask, shape=shape,
+        objective=objective, clip_x0=bool(clip_x0), variance=variance,
+        self_condition=bool(self_condition), return_trajectory=bool(return_trajectory),
+        report=report, t_start=t_start, resamples=int(resamples), jump_length=int(jump_length),
     )
-    return run_with_progress(progress, s.timesteps, "DDPM", loop)
+    return run_with_progress(progress, int(np.sum(moves[:, 1] < moves[:, 0])), "DDPM", loop)
 
 
 def ddim_coefficients(alpha_cumprod: Array, alpha_cumprod_next: Array, eta) -> tuple[Array, Array]:
@@ -187,12 +287,15 @@ def _safe_sqrt(value: Array) -> Array:
 @functools.partial(
     jit,
     static_argnames=("shape", "num_steps", "objective", "clip_x0", "timestep_spacing",
-                     "self_condition", "return_trajectory", "report"),
+                     "self_condition", "return_trajectory", "report", "t_start"),
 )
-def _ddim_loop(model_fn, s, key, x_T, cond, eta, token, *, shape, num_steps, objective, clip_x0,
-               timestep_spacing, self_condition, return_trajectory, report):
+def _ddim_loop(model_fn, s, key, x_T, cond, eta, token, x_start, known, mask, *, shape, num_steps,
+               objective, clip_x0, timestep_spacing, self_condition, return_trajectory, report,
+               t_start):
     x_T, key = start_noise(key, x_T, shape)
-    pairs = jnp.asarray(ddim_timesteps(s.timesteps, num_steps, timestep_spacing))
+    # SDEdit spreads the steps over the times [0, t_start], as if T were t_start + 1
+    span = s.timesteps if t_start is None else t_start + 1
+    pairs = jnp.asarray(ddim_timesteps(span, num_steps, timestep_spacing))
     alphas_cumprod = jnp.asarray(s.alphas_cumprod)
 
     def step(carry, scanned):
@@ -205,14 +308,19 @@ def _ddim_loop(model_fn, s, key, x_T, cond, eta, token, *, shape, num_steps, obj
         alpha_cumprod = alphas_cumprod[t]
         alpha_cumprod_next = jnp.where(t_next >= 0, alphas_cumprod[jnp.maximum(t_next, 0)], 1.0)
         sigma, coefficient = ddim_coefficients(alpha_cumprod, alpha_cumprod_next, eta)
-        noise = jax.random.normal(jax.random.fold_in(key, t), shape, x.dtype)
+        noise_key = jax.random.fold_in(key, t)
+        noise = jax.random.normal(noise_key, shape, x.dtype)
         x_next = jnp.sqrt(alpha_cumprod_next) * pred.x0 + coefficient * pred.eps + sigma * noise
+        x_next = keep_known(s, x_next, known, mask, t_next, jax.random.fold_in(noise_key, 1))
         report_step(report, token, index, num_steps)
         return (x_next, pred.x0), (x_next if return_trajectory else None)
 
-    (x, _), trajectory = jax.lax.scan(step, (x_T, jnp.zeros_like(x_T)),
+    start = pairs[0, 0]
+    x_first = noised_start(s, x_T, x_start, start)
+    x_first = keep_known(s, x_first, known, mask, start, jax.random.fold_in(key, START_NOISE))
+    (x, _), trajectory = jax.lax.scan(step, (x_first, jnp.zeros_like(x_T)),
                                       (pairs, jnp.arange(num_steps, dtype=jnp.int32)))
-    return finish(x, trajectory, x_T, return_trajectory)
+    return finish(x, trajectory, x_first, return_trajectory)
 
 
 def ddim_sample(
@@ -234,6 +342,10 @@ def ddim_sample(
     guidance_rescale=0.0,
     null_cond: Mapping[str, Array] | None = None,
     progress=False,
+    x_start: Array | None = None,
+    t_start: int | None = None,
+    known: Array | None = None,
+    mask: Array | None = None,
 ):
     """DDIM sampling (Song et al. 2021, eq. 12) on `num_steps` of the T training times.
 
@@ -247,6 +359,13 @@ def ddim_sample(
     (clips x0 to [-1, 1]: off for data outside that range), `cond`, `guidance_scale`,
     `guidance_rescale`, `null_cond` and `progress` are as in `ddpm_sample`. Differentiable with
     respect to eta, x_T and the weights (the gradient with respect to eta is finite).
+
+    Editing, as in `ddpm_sample`: SDEdit (`x_start`, `t_start`) spreads the `num_steps` steps
+    over [0, t_start] (the times `ddim_timesteps(t_start + 1, num_steps, timestep_spacing)`;
+    x_start is noised to the first of them, t_start except for "leading"), so
+    num_steps <= t_start + 1; inpainting (`known`, `mask`) puts a fresh draw of
+    q(x_t_next | known) back into the known part after every step (with eta = 0 too: that
+    noise keeps the known part at the right noise level), and `known` itself at the end.
     """
     check_objective(objective)
     check_num_steps(num_steps, s.timesteps)
@@ -259,14 +378,17 @@ def ddim_sample(
             np.isfinite(eta) & (np.asarray(eta) >= 0)):
         raise ValueError(f"eta must be finite and >= 0, got eta={eta}")
     shape = check_shape(shape)
+    x_start, t_start, known, mask = check_editing(s.timesteps, shape, x_start, t_start, known,
+                                                  mask)
+    check_steps_after_start(num_steps, t_start)
     cond = dict(cond or {})
     model_fn = prepare_model(model_fn, shape, cond, self_condition, guidance_scale,
                               guidance_rescale, null_cond)
     x_T, eta = check_x_T(x_T, shape), jnp.asarray(eta, jnp.float32)
     loop = lambda report, token: _ddim_loop(  # noqa: E731
-        model_fn, s, key, x_T, cond, eta, token, shape=shape, num_steps=int(num_steps),
-        objective=objective, clip_x0=bool(clip_x0), timestep_spacing=timestep_spacing,
-        self_condition=bool(self_condition), return_trajectory=bool(return_trajectory),
-        report=report,
+        model_fn, s, key, x_T, cond, eta, token, x_start, known, mask, shape=shape,
+        num_steps=int(num_steps), objective=objective, clip_x0=bool(clip_x0),
+        timestep_spacing=timestep_spacing, self_condition=bool(self_condition),
+        return_trajectory=bool(return_trajectory), report=report, t_start=t_start,
     )
     return run_with_progress(progress, int(num_steps), "DDIM", loop)

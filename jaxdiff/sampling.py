@@ -2,6 +2,10 @@
 traced (jaxdiff.compilation), the model call with its output-shape check, the start and end of the
 reverse loop, and progress reports from inside the compiled loop.
 
+Editing (SDEdit and inpainting) is shared too: `check_editing` validates the inputs, and inside
+a loop `noised_start` starts from data noised to a time and `keep_known` puts the known values,
+noised to the current time, back after every step.
+
 Progress: the compiled loop passes a traced token to `jax.debug.callback`, and the host looks up
 the handler registered for that token, so a new handler never recompiles the loop.
 """
@@ -15,6 +19,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import Array
 
 from jaxdiff.compilation import trace_captured_arrays
 from jaxdiff.diffusion import check_output_shape
@@ -48,6 +53,76 @@ def check_x_T(x_T, shape):
     if x_T.shape != shape:
         raise ValueError(f"x_T has shape {x_T.shape}, expected shape={shape}")
     return x_T
+
+
+START_NOISE = 2**31 - 1  # random stream of the known part's noise at a loop's start
+
+
+def _check_data(name: str, value, shape) -> Array:
+    """`value` as float32 broadcast to `shape` (a ValueError naming it otherwise)."""
+    value = jnp.asarray(value, jnp.float32)
+    try:
+        fits = np.broadcast_shapes(value.shape, shape) == shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{name} has shape {value.shape}, which does not broadcast to "
+                         f"shape={shape}")
+    return jnp.broadcast_to(value, shape)
+
+
+def check_editing(timesteps: int, shape, x_start, t_start, known, mask):
+    """The editing inputs checked: (x_start, t_start, known, mask), each None when unused.
+
+    SDEdit: `x_start` (data in model space, broadcast to `shape`) and `t_start`, an integer in
+    [0, T), go together. Inpainting: `known` (broadcast to `shape`) and `mask` (broadcastable to
+    `shape`, values in [0, 1], 1 where known) go together."""
+    if (x_start is None) != (t_start is None):
+        missing = "t_start" if t_start is None else "x_start"
+        raise ValueError(f"SDEdit needs both x_start and t_start: {missing} is missing")
+    if t_start is not None:
+        if isinstance(t_start, bool) or not isinstance(t_start, (int, np.integer)) or not (
+                0 <= t_start < timesteps):
+            raise ValueError(f"t_start={t_start!r} must be an integer in [0, T={timesteps})")
+        t_start, x_start = int(t_start), _check_data("x_start", x_start, shape)
+    if (known is None) != (mask is None):
+        missing = "mask" if mask is None else "known"
+        raise ValueError(f"inpainting needs both known and mask: {missing} is missing")
+    if known is not None:
+        known, mask = _check_data("known", known, shape), _check_data("mask", mask, shape)
+        if not isinstance(mask, jax.core.Tracer):
+            values = np.asarray(mask)
+            if not np.all(np.isfinite(values) & (values >= 0) & (values <= 1)):
+                raise ValueError(f"mask values must be in [0, 1] (1 where known), got values in "
+                                 f"[{np.nanmin(values)}, {np.nanmax(values)}]")
+    return x_start, t_start, known, mask
+
+
+def check_steps_after_start(num_steps: int, t_start: int | None) -> None:
+    """With SDEdit the steps are spread over [0, t_start]: at most t_start + 1 of them."""
+    if t_start is not None and num_steps > t_start + 1:
+        raise ValueError(f"num_steps={num_steps} must be <= t_start + 1 = {t_start + 1} (SDEdit "
+                         f"spreads the steps over the times [0, t_start])")
+
+
+def noised_start(s, x_T, x_start, t):
+    """SDEdit's start: q(x_t | x_start) with x_T as the noise, or x_T itself without x_start."""
+    if x_start is None:
+        return x_T
+    alpha_cumprod = jnp.asarray(s.alphas_cumprod)[t]
+    return jnp.sqrt(alpha_cumprod) * x_start + jnp.sqrt(1.0 - alpha_cumprod) * x_T
+
+
+def keep_known(s, x, known, mask, t, key):
+    """Inpainting (the replacement of Song et al. 2021 and RePaint): x with its known part
+    replaced by a fresh draw of q(x_t | known), or by `known` itself at t = -1 (the data)."""
+    if known is None:
+        return x
+    alphas_cumprod = jnp.asarray(s.alphas_cumprod)
+    alpha_cumprod = jnp.where(t >= 0, alphas_cumprod[jnp.maximum(t, 0)], 1.0)
+    noise = jax.random.normal(key, x.shape, x.dtype)
+    noisy = jnp.sqrt(alpha_cumprod) * known + jnp.sqrt(1.0 - alpha_cumprod) * noise
+    return mask * noisy + (1.0 - mask) * x
 
 
 def call_model(model_fn, x, t_batch, cond, x_self_cond=None):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import jaxdiff
-from jaxdiff import samplers
+from jaxdiff import ode_samplers, samplers
 from jaxdiff.guidance import classifier_free_guidance, guide
 from jaxdiff.models import MLPDenoiser
 
@@ -29,6 +29,10 @@ def sample(sampler, sched, model_fn, labels, shape, **kwargs):
                   clip_x0=False, objective="pred_x0", **kwargs)
     if sampler == "ddim":
         return jaxdiff.ddim_sample(model_fn, sched, num_steps=6, eta=0.5, **common)
+    if sampler == "dpm_solver":
+        return jaxdiff.dpm_solver_sample(model_fn, sched, num_steps=6, order=3, **common)
+    if sampler == "karras":  # real-valued t, a stochastic (churn) Heun
+        return jaxdiff.karras_sample(model_fn, sched, num_steps=4, churn=1.0, **common)
     return jaxdiff.ddpm_sample(model_fn, sched, **common)
 
 
@@ -37,7 +41,9 @@ def sample(sampler, sched, model_fn, labels, shape, **kwargs):
 def _guided_and_reference(sampler, labels, reference_labels, shape, scale, **kwargs):
     """(guided, reference) samples, op by op (exact arithmetic of the formulas) and compiled,
     on a short schedule (op by op is slow)."""
-    sched = jaxdiff.make_schedule("linear", timesteps=10)
+    # 10 steps (op by op is slow); the Karras sampler's VE form needs a schedule whose
+    # sigma_max (2.6e8 at T = 10) leaves float32 some digits: T = 30, sigma_max = 939
+    sched = jaxdiff.make_schedule("linear", timesteps=30 if sampler == "karras" else 10)
 
     def both():
         guided = sample(sampler, sched, label_model, labels, shape, guidance_scale=scale,
@@ -50,8 +56,9 @@ def _guided_and_reference(sampler, labels, reference_labels, shape, scale, **kwa
     return eager, both()
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
-@pytest.mark.parametrize("self_condition", [False, True])
+@pytest.mark.parametrize("sampler,self_condition", [
+    ("ddpm", False), ("ddpm", True), ("ddim", False), ("ddim", True), ("dpm_solver", False),
+    ("dpm_solver", True), ("karras", False), ("karras", True)])
 def test_scale_one_is_plain_conditional_sampling_exactly(sampler, self_condition):
     """Bit for bit when run op by op. Compiled, the two programs differ (one model call on a
     doubled batch, then a slice) and XLA may fuse multiply-adds differently: equal to rounding."""
@@ -59,17 +66,21 @@ def test_scale_one_is_plain_conditional_sampling_exactly(sampler, self_condition
     (guided, plain), (guided_jit, plain_jit) = _guided_and_reference(
         sampler, labels, labels, (4, 3, 2, 1), 1.0, self_condition=self_condition)
     np.testing.assert_array_equal(guided, plain)
-    np.testing.assert_allclose(guided_jit, plain_jit, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(guided_jit, plain, rtol=1e-6, atol=1e-6)
+    # the Karras sampler's state starts at sigma_max = 939 times the noise: its rounding (ulp
+    # 6e-5) shrinks with sigma, to ~6e-6 at the end (measured); the others' stays at 1e-7
+    atol = 2e-5 if sampler == "karras" else 1e-6
+    np.testing.assert_allclose(guided_jit, plain_jit, rtol=1e-6, atol=atol)
+    np.testing.assert_allclose(guided_jit, plain, rtol=1e-6, atol=atol)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm_solver", "karras"])
 def test_scale_zero_is_the_null_label_prediction(sampler):
     labels = np.array([0, 1, 2])
     (guided, unconditional), (guided_jit, unconditional_jit) = _guided_and_reference(
         sampler, labels, np.full(3, NULL), (3, 5), 0.0)
     np.testing.assert_array_equal(guided, unconditional)
-    np.testing.assert_allclose(guided_jit, unconditional_jit, rtol=1e-6, atol=1e-6)
+    atol = 2e-5 if sampler == "karras" else 1e-6  # see the test above
+    np.testing.assert_allclose(guided_jit, unconditional_jit, rtol=1e-6, atol=atol)
     # and the wrapper itself, one (op-by-op) call: s = 0 is the null label, s = 1 the label
     x = jax.random.normal(jax.random.key(1), (3, 5))
     t = jnp.array([4, 9, 29])
@@ -220,17 +231,34 @@ def counted_model(params, x, t, labels):
     return label_model(x, t, labels) * params["w"]
 
 
-def test_guided_sampler_compiles_once(linear30):
-    """New scales, rescales, null labels and parameters reuse the compiled guided loop."""
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm_solver", "karras"])
+def test_guided_sampler_compiles_once(linear30, sampler):
+    """New keys, scales, rescales, null labels, parameters (and eta, churn, rho, SDEdit's x_start,
+    inpainting's known values and mask) reuse the compiled guided loop."""
     shape = (6, 3)  # unique to this test
     labels = jnp.array([0, 1, 2, 0, 1, 2])
-    cache = samplers._ddim_loop._cache_size
+    loops = {"ddpm": samplers._ddpm_loop, "ddim": samplers._ddim_loop,
+             "dpm_solver": ode_samplers._dpm_loop, "karras": ode_samplers._karras_loop}
+    cache = loops[sampler]._cache_size
+    calls = {"ddpm": jaxdiff.ddpm_sample, "ddim": functools.partial(jaxdiff.ddim_sample,
+                                                                       num_steps=5),
+             "dpm_solver": functools.partial(jaxdiff.dpm_solver_sample, num_steps=5),
+             "karras": functools.partial(jaxdiff.karras_sample, num_steps=5)}
+    runs = iter(range(100))
 
     def run(scale, rescale, w):
         fn = functools.partial(counted_model, {"w": jnp.float32(w)})
-        return jaxdiff.ddim_sample(fn, linear30, key=jax.random.key(0), shape=shape, num_steps=5,
-                                   cond={"labels": labels}, guidance_scale=scale,
-                                   guidance_rescale=rescale, null_cond={"labels": NULL})
+        i = next(runs)
+        edit = {"x_start": jnp.full(shape, 0.1 * i), "t_start": 20}
+        if sampler == "ddim":
+            edit.update(eta=0.1 * i, known=jnp.full(shape, 0.2 * i), mask=(jnp.arange(3) < i % 3))
+        if sampler == "ddpm":
+            edit.update(known=jnp.full(shape, 0.2 * i), mask=(jnp.arange(3) < i % 3))
+        if sampler == "karras":
+            edit.update(churn=0.5 * i, rho=7.0 - i)
+        return calls[sampler](fn, linear30, key=jax.random.key(i), shape=shape,
+                              cond={"labels": labels}, guidance_scale=scale,
+                              guidance_rescale=rescale, null_cond={"labels": NULL}, **edit)
 
     first = run(0.0, 0.0, 1.0)
     traced, size = TRACES["model"], cache()
