@@ -22,7 +22,10 @@ train     steps, batch_size (global, over all devices), log_every, checkpoint_ev
           keep_checkpoints, max_skipped_steps (consecutive non-finite steps before stopping),
           steps_per_call (k steps per dispatch, a lax.scan), num_devices (0: all)
 ema       decay, warmup
-sample    sampler (ddpm / ddim), steps (DDIM), eta, variance (DDPM), clip_x0, timestep_spacing
+sample    sampler: ddpm (variance; resamples, jump_length: RePaint for inpainting), ddim (steps,
+          eta, timestep_spacing), dpm_solver (steps, order, timestep_spacing,
+          lower_order_final), karras (steps, solver, churn, rho); clip_x0 for all; t_start (the
+          SDEdit start time sample.py uses with --init; -1: none)
 eval      num_samples (at the end of training), plots, sample_every (grids during training,
           0: never), inception_path (pytorch-fid's weight file: FID against the training data
           when given), guidance_scales (conditional models: accuracy / FD per scale)
@@ -44,6 +47,7 @@ from jaxdiff.data.toy2d import TOY2D_NAMES
 from jaxdiff.diffusion import OBJECTIVES
 from jaxdiff.errors import ConfigError
 from jaxdiff.losses import COND_DROP_SCHEDULES, LOSS_TYPES, WEIGHTINGS
+from jaxdiff.ode_samplers import KARRAS_SOLVERS
 from jaxdiff.samplers import TIMESTEP_SPACINGS, VARIANCES
 from jaxdiff.schedules import SCHEDULE_KINDS
 
@@ -51,7 +55,15 @@ MODELS = ("mlp", "unet", "ddpm_unet")
 DTYPES = ("float32", "bfloat16")
 POINT_SETS = TOY2D_NAMES + ("array",)
 IMAGE_SETS = tuple(TFDS_SETS) + ("folder",)
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpm_solver", "karras")
+
+# The sample.* fields each sampler reads (clip_x0, t_start and guidance serve every sampler).
+SAMPLER_FIELDS = {
+    "ddpm": ("variance", "resamples", "jump_length"),
+    "ddim": ("steps", "eta", "timestep_spacing"),
+    "dpm_solver": ("steps", "order", "timestep_spacing", "lower_order_final"),
+    "karras": ("steps", "solver", "churn", "rho"),
+}
 
 
 # Fields every config has (points and images); the others belong to one kind of data.
@@ -186,6 +198,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("sample.clip_x0", *boolean),
         ("sample.timestep_spacing", lambda v: v in TIMESTEP_SPACINGS,
          f"one of {', '.join(TIMESTEP_SPACINGS)}"),
+        ("sample.order", lambda v: _is_int(v) and v in (1, 2, 3), "1, 2 or 3"),
+        ("sample.lower_order_final", *boolean),
+        ("sample.solver", lambda v: v in KARRAS_SOLVERS, f"one of {', '.join(KARRAS_SOLVERS)}"),
+        ("sample.churn", lambda v: _is_number(v) and 0 <= v < float("inf"),
+         "a finite number >= 0 (0: deterministic)"),
+        ("sample.rho", lambda v: _is_number(v) and 0 < v < float("inf"), "a finite number > 0"),
+        ("sample.resamples", positive_int, "an integer >= 1 (1: no RePaint resampling)"),
+        ("sample.jump_length", positive_int, "an integer >= 1"),
+        ("sample.t_start", lambda v: _is_int(v) and v >= -1,
+         "an integer in [-1, diffusion.timesteps) (-1: no SDEdit)"),
         ("sample.guidance_scale", lambda v: _is_number(v) and 0 <= v < float("inf"),
          "a number >= 0 (1: plain conditional sampling, 0: unconditional)"),
         ("sample.guidance_rescale", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
@@ -207,6 +229,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     timesteps = config.diffusion.timesteps
     _require(config, "sample.steps", lambda v: v <= timesteps,
              f"DDIM steps must be <= diffusion.timesteps={timesteps}")
+    _require(config, "sample.t_start", lambda v: v < timesteps,
+             f"an integer in [-1, diffusion.timesteps={timesteps}) (-1: no SDEdit)")
     if config.data.name == "array" and not config.data.path:
         raise ConfigError("config.data.path='' is invalid: data.name='array' needs a .npy/.npz file")
     if config.data.name == "folder" and not config.data.path:
@@ -273,6 +297,13 @@ def _validate_guidance(config) -> None:
                 f"never learned; set model.cond_drop_prob (e.g. 0.1)")
 
 
+def sample_option(config: ml_collections.ConfigDict, name: str):
+    """config.sample.<name>, or its default for configs saved before the option existed."""
+    if name in config.sample:
+        return config.sample[name]
+    return add_training_sections(ml_collections.ConfigDict()).sample[name]
+
+
 def config_warnings(config: ml_collections.ConfigDict) -> list[str]:
     """Valid settings that are probably mistakes, one message each (empty: none); the config
     must have passed `validate_config`.
@@ -337,6 +368,14 @@ def add_training_sections(config: ml_collections.ConfigDict) -> ml_collections.C
     config.sample.variance = "fixed_small"
     config.sample.clip_x0 = True
     config.sample.timestep_spacing = "trailing"
+    config.sample.order = 2  # DPM-Solver++ 2M
+    config.sample.lower_order_final = True
+    config.sample.solver = "heun"
+    config.sample.churn = 0.0
+    config.sample.rho = 7.0
+    config.sample.resamples = 1
+    config.sample.jump_length = 10
+    config.sample.t_start = -1
     config.sample.guidance_scale = 1.0  # 1: plain conditional sampling
     config.sample.guidance_rescale = 0.0
     return config

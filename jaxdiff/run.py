@@ -20,13 +20,14 @@ import numpy as np
 
 from jaxdiff import sharding
 from jaxdiff.checkpoint import Checkpointer
-from jaxdiff.config import SAMPLERS
+from jaxdiff.config import SAMPLER_FIELDS, SAMPLERS, sample_option
 from jaxdiff.data.codecs import Standardizer
 from jaxdiff.errors import CheckpointError, ConfigError, NonFiniteError, error_summary
 from jaxdiff.guidance import check_per_example
 from jaxdiff.memory import check_sampling_fits
 from jaxdiff.models import build_model
-from jaxdiff.samplers import ddim_sample, ddpm_sample
+from jaxdiff.ode_samplers import dpm_solver_sample, karras_sample
+from jaxdiff.samplers import ddim_sample, ddpm_sample, ddpm_timesteps
 from jaxdiff.schedules import Schedule
 from jaxdiff.training import build_schedule
 from jaxdiff.workdir import read_run
@@ -61,14 +62,24 @@ class Run(NamedTuple):
     def sample(self, num_samples: int, *, seed: int = 0, sampler: str | None = None,
                steps: int | None = None, eta: float | None = None, labels=None,
                return_trajectory: bool = False, guidance_scale=None, guidance_rescale=None,
-               x_T=None, num_devices: int | None = None, progress=False):
+               x_T=None, num_devices: int | None = None, progress=False, order: int | None = None,
+               solver: str | None = None, churn: float | None = None,
+               resamples: int | None = None, x_start=None, t_start: int | None = None,
+               known=None, mask=None):
         """Samples in data space (and the data-space trajectory [S, N, ...] when asked).
 
-        `labels` (one class per sample, or one for all) and classifier-free guidance as in
-        `sample_model`; `x_T` starts from given model-space noise. The batch is split over
-        `num_devices` devices (default: all, every host) in one compiled call; a seed gives the
-        same samples on any device count (to float rounding). `progress` as in `sample_model`
-        (True: a progress bar of the reverse steps).
+        `sampler` ("ddpm", "ddim", "dpm_solver", "karras"), `steps`, `eta`, `order`, `solver`,
+        `churn` and `resamples` override the config's sample section (an option the sampler
+        does not use is a ConfigError). `labels` (one class per sample, or one for all) and
+        classifier-free guidance as in `sample_model`; `x_T` starts from given model-space
+        noise. The batch is split over `num_devices` devices (default: all, every host) in one
+        compiled call; a seed gives the same samples on any device count (to float rounding).
+        `progress` as in `sample_model` (True: a progress bar of the reverse steps).
+
+        Editing, in data space (points as the data set holds them, images uint8 HWC), each
+        broadcast to [num_samples, ...]: SDEdit starts from `x_start` noised to `t_start`
+        (default: config.sample.t_start); inpainting keeps `known` where `mask` (broadcastable,
+        1 = known) is 1 (ddpm and ddim).
         """
         if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
             raise ConfigError(f"num_samples={num_samples!r} is invalid: it must be an integer "
@@ -77,11 +88,24 @@ class Run(NamedTuple):
             mesh = sharding.make_mesh(num_devices)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        shape = (int(num_samples),) + self.data_shape
+        if x_start is not None and t_start is None:
+            t_start = sample_option(self.config, "t_start")
+            if t_start < 0:
+                raise ConfigError("x_start needs t_start (SDEdit's start time in [0, T)); "
+                                  "config.sample.t_start is -1")
+        edits = dict(x_start=self._model_space("x_start", x_start, shape), t_start=t_start,
+                     known=self._model_space("known", known, shape),
+                     mask=None if mask is None else _broadcast("mask", mask, shape))
+        if (known is None) != (mask is None):
+            raise ConfigError("inpainting needs both known and mask")
         frames = 0
         if return_trajectory:
             kind = sampler or self.config.sample.sampler
-            frames = self.schedule.timesteps if kind == "ddpm" else (
-                steps or self.config.sample.steps)
+            frames = (len(ddpm_timesteps(self.schedule.timesteps, t_start,
+                                         resamples or sample_option(self.config, "resamples"),
+                                         sample_option(self.config, "jump_length")))
+                      if kind == "ddpm" else (steps or self.config.sample.steps))
         check_sampling_fits(self.model, self.data_shape, int(num_samples), frames,
                             sharding.num_batch_shards(mesh))
         model_fn = functools.partial(self.model.apply, sharding.put_replicated(self.params, mesh))
@@ -89,20 +113,29 @@ class Run(NamedTuple):
             model_fn, self.schedule, self.config, (int(num_samples),) + self.data_shape,
             key=jax.random.key(seed), mesh=mesh, sampler=sampler, steps=steps, eta=eta,
             labels=labels, return_trajectory=return_trajectory, guidance_scale=guidance_scale,
-            guidance_rescale=guidance_rescale, x_T=x_T, progress=progress,
+            guidance_rescale=guidance_rescale, x_T=x_T, progress=progress, order=order,
+            solver=solver, churn=churn, resamples=resamples, **edits,
         )
         if return_trajectory:
             return self.to_data_space(out[0]), self.to_data_space(out[1])
         return self.to_data_space(out)
 
+    def _model_space(self, name: str, data, shape):
+        """Data-space `data` broadcast to `shape` and encoded to model space (None stays)."""
+        if data is None:
+            return None
+        data = _broadcast(name, data, shape)
+        return np.asarray(self.codec.encode(data), np.float32)
+
     def sample_classes(self, labels, guidance_scales=(1.0,), num_per_cell: int = 1, *,
                        seed: int = 0, sampler: str | None = None, steps: int | None = None,
                        eta: float | None = None, guidance_rescale=None,
-                       num_devices: int | None = None, progress=False) -> np.ndarray:
+                       num_devices: int | None = None, progress=False, **options) -> np.ndarray:
         """Data-space samples [len(labels), len(guidance_scales), num_per_cell, ...] in one
         batched (guided) sampler call: row = class, column = guidance scale. Every cell starts
         from the same `num_per_cell` draws of x_T, so along a row only the scale changes (with
-        DDIM eta = 0 nothing else does). `progress` as in `sample_model`."""
+        DDIM eta = 0 nothing else does). `progress` as in `sample_model`; `options` (order,
+        solver, churn, resamples) as in `sample`."""
         labels = check_labels(labels, self.config.model.num_classes)
         scales = np.asarray(guidance_scales, np.float32).reshape(-1)
         if scales.size == 0 or num_per_cell < 1:
@@ -119,9 +152,19 @@ class Run(NamedTuple):
             guidance_scale=(float(scales[0]) if len(scales) == 1
                             else np.tile(np.repeat(scales, num_per_cell), len(labels))),
             guidance_rescale=guidance_rescale, x_T=x_T, num_devices=num_devices,
-            progress=progress,
+            progress=progress, **options,
         )
         return out.reshape(cells + out.shape[1:])
+
+
+def _broadcast(name: str, value, shape) -> np.ndarray:
+    """`value` broadcast to `shape`, or ConfigError naming it."""
+    value = np.asarray(value)
+    try:
+        return np.broadcast_to(value, shape)
+    except ValueError:
+        raise ConfigError(f"{name} has shape {value.shape}, which does not broadcast to the "
+                          f"samples' shape {tuple(shape)}") from None
 
 
 def decode_finite(codec, x) -> np.ndarray:
@@ -142,8 +185,16 @@ def decode_finite(codec, x) -> np.ndarray:
 
 def sample_model(model_fn, schedule: Schedule, config, shape, *, key, sampler=None, steps=None,
                  eta=None, labels=None, return_trajectory=False, guidance_scale=None,
-                 guidance_rescale=None, x_T=None, progress=False):
+                 guidance_rescale=None, x_T=None, progress=False, order=None, solver=None,
+                 churn=None, resamples=None, x_start=None, t_start=None, known=None, mask=None):
     """Run the sampler chosen in `config.sample` (overridable) in model space.
+
+    `sampler`, `steps`, `eta`, `order`, `solver`, `churn` and `resamples` override the config's
+    sample.sampler, sample.steps, ...; the other options (variance, timestep_spacing,
+    lower_order_final, rho, jump_length, clip_x0) come from `config.sample`. Editing
+    (model space): SDEdit from `x_start` at `t_start` (every sampler), inpainting of `known`
+    where `mask` = 1 (ddpm, ddim). An option the chosen sampler does not read is a ConfigError
+    naming it (`ignored_options`).
 
     `progress` goes to the sampler: False (default) shows nothing, True a tqdm bar of the
     reverse steps, a callable is called as `progress(done, total)` from the host as the compiled
@@ -157,6 +208,14 @@ def sample_model(model_fn, schedule: Schedule, config, shape, *, key, sampler=No
     """
     options = config.sample
     sampler = sampler or options.sampler
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"sampler={sampler!r} is invalid: one of {', '.join(SAMPLERS)}")
+    given = dict(steps=steps, eta=eta, order=order, solver=solver, churn=churn,
+                 resamples=resamples, known=known)
+    ignored = ignored_options(sampler, **given)
+    if ignored:
+        raise ConfigError(f"{ignored[0]}={_short(given[ignored[0]])} is invalid with "
+                          f"sampler={sampler!r}, which does not use it")
     timesteps = schedule.timesteps
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer))
                               or not 1 <= steps <= timesteps):
@@ -168,26 +227,61 @@ def sample_model(model_fn, schedule: Schedule, config, shape, *, key, sampler=No
     common = dict(key=key, shape=shape, objective=config.diffusion.objective,
                   clip_x0=options.clip_x0, return_trajectory=return_trajectory,
                   self_condition=config.model.self_condition, cond=cond, x_T=x_T,
-                  progress=progress, **guidance)
-    if sampler == "ddpm":
-        return ddpm_sample(model_fn, schedule, variance=options.variance, **common)
-    if sampler == "ddim":
-        return ddim_sample(
-            model_fn, schedule, num_steps=options.steps if steps is None else steps,
-            eta=options.eta if eta is None else eta,
-            timestep_spacing=options.timestep_spacing, **common,
-        )
-    raise ConfigError(f"sampler={sampler!r} is invalid: one of {', '.join(SAMPLERS)}")
+                  progress=progress, x_start=x_start, t_start=t_start, **guidance)
+    inpainting = {} if known is None else dict(known=known, mask=mask)
+    num_steps = options.steps if steps is None else steps
+    try:
+        if sampler == "ddpm":
+            return ddpm_sample(model_fn, schedule, variance=options.variance,
+                               resamples=(sample_option(config, "resamples") if resamples is None
+                                          else resamples),
+                               jump_length=sample_option(config, "jump_length"), **inpainting,
+                               **common)
+        if sampler == "ddim":
+            return ddim_sample(model_fn, schedule, num_steps=num_steps,
+                               eta=options.eta if eta is None else eta,
+                               timestep_spacing=options.timestep_spacing, **inpainting, **common)
+        if sampler == "dpm_solver":
+            return dpm_solver_sample(
+                model_fn, schedule, num_steps=num_steps,
+                order=sample_option(config, "order") if order is None else order,
+                timestep_spacing=options.timestep_spacing,
+                lower_order_final=sample_option(config, "lower_order_final"), **common)
+        return karras_sample(model_fn, schedule, num_steps=num_steps,
+                             solver=sample_option(config, "solver") if solver is None else solver,
+                             churn=sample_option(config, "churn") if churn is None else churn,
+                             rho=sample_option(config, "rho"), **common)
+    except ValueError as error:  # the sampler's own argument checks, as a ConfigError
+        raise ConfigError(str(error)) from None
+
+
+def ignored_options(sampler: str, **given) -> list[str]:
+    """The names among `given` (those not None) that `sampler` does not use: `steps`, `eta`,
+    `order`, `solver`, `churn` (see jaxdiff.config.SAMPLER_FIELDS), and `known` (inpainting:
+    ddpm and ddim only)."""
+    uses = set(SAMPLER_FIELDS[sampler]) | ({"known", "mask"} if sampler in ("ddpm", "ddim")
+                                           else set())
+    return [name for name, value in given.items() if value is not None and name not in uses]
 
 
 def num_model_calls(config, schedule: Schedule, sampler: str | None = None,
-                    steps: int | None = None) -> int:
-    """How many reverse steps (one model call each, on a doubled batch with guidance) the
-    sampler of `config.sample` (or `sampler`, `steps`) takes: T for DDPM, the steps for DDIM."""
-    sampler = sampler or config.sample.sampler
+                    steps: int | None = None, *, solver: str | None = None,
+                    t_start: int | None = None, resamples: int | None = None) -> int:
+    """How many model evaluations (each on a doubled batch with guidance) the sampler of
+    `config.sample` (or `sampler`, `steps`, ...) makes: the T reverse steps of DDPM (t_start + 1
+    from t_start; about r times more with RePaint's r resamples), the steps of DDIM and
+    DPM-Solver++, the steps of Karras Euler and 2 steps - 1 of Karras Heun."""
+    options = config.sample
+    sampler = sampler or options.sampler
+    num_steps = int(options.steps if steps is None else steps)
     if sampler == "ddpm":
-        return schedule.timesteps
-    return int(config.sample.steps if steps is None else steps)
+        resamples = sample_option(config, "resamples") if resamples is None else resamples
+        moves = ddpm_timesteps(schedule.timesteps, t_start, resamples,
+                               sample_option(config, "jump_length"))
+        return int(np.sum(moves[:, 1] < moves[:, 0]))
+    if sampler == "karras" and (solver or sample_option(config, "solver")) == "heun":
+        return 2 * num_steps - 1
+    return num_steps
 
 
 def sample_sharded(model_fn, schedule: Schedule, config, shape, *, key, mesh, labels=None,
@@ -214,6 +308,9 @@ def sample_sharded(model_fn, schedule: Schedule, config, shape, *, key, mesh, la
         x_T = sharding.batch_noise(jax.random.split(key)[0], (padded,) + rest, mesh)
     else:
         x_T = jax.device_put(pad(np.asarray(x_T, np.float32)), sharding.batch_sharding(mesh))
+    for name in ("x_start", "known", "mask"):  # [N, ...] editing inputs: padded like labels
+        if kwargs.get(name) is not None and np.shape(kwargs[name]) == tuple(shape):
+            kwargs[name] = pad(np.asarray(kwargs[name]))
     out = sample_model(model_fn, schedule, config, (padded,) + rest, key=key, labels=pad(labels),
                        x_T=x_T, guidance_scale=pad(guidance_scale),
                        guidance_rescale=pad(guidance_rescale), progress=progress, **kwargs)

@@ -130,3 +130,43 @@ def test_sampling_progress_is_a_bar_on_a_terminal_and_a_line_otherwise(toy_run, 
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     assert sampling_progress(run.config, run.schedule, 50) is False
     assert capsys.readouterr().out == "sampling 50 samples with ddpm (20 model calls)...\n"
+
+
+# --- the fast samplers and editing through Run.sample -------------------------------------------
+
+def test_run_sample_runs_every_sampler_and_refuses_options_it_would_ignore(toy_run):
+    run = load_run(toy_run)
+    for sampler, options in (("ddpm", {}), ("ddim", dict(steps=4, eta=0.5)),
+                             ("dpm_solver", dict(steps=4, order=3)),
+                             ("karras", dict(steps=3, solver="euler", churn=0.5))):
+        samples = run.sample(6, sampler=sampler, **options)
+        assert samples.shape == (6, 2) and np.all(np.isfinite(samples))
+    for sampler, options, name in (("ddpm", dict(steps=4), "steps"),
+                                   ("ddim", dict(order=2), "order"),
+                                   ("dpm_solver", dict(eta=0.5), "eta"),
+                                   ("karras", dict(resamples=2), "resamples")):
+        with pytest.raises(ConfigError, match=f"{name}=.* is invalid with sampler='{sampler}'"):
+            run.sample(4, sampler=sampler, **options)
+    with pytest.raises(ConfigError, match="order must be 1, 2 or 3"):
+        run.sample(4, sampler="dpm_solver", order=5)
+
+
+def test_run_sample_edits_in_data_space(toy_run):
+    """SDEdit from t_start = 0 changes the input only by the last step's denoising; inpainting
+    returns the known coordinate (through the standardiser and back) on every sampler that
+    offers it."""
+    run = load_run(toy_run)
+    x = np.array([[0.5, -1.0], [2.0, 1.5], [-1.0, 0.25]], np.float32)
+    near = run.sample(3, sampler="ddim", steps=1, x_start=x, t_start=0)
+    assert np.max(np.abs(near - x)) < 0.5
+    far = run.sample(3, sampler="ddim", steps=4, x_start=x, t_start=19)
+    assert not np.allclose(far, near)
+    for sampler in ("ddpm", "ddim"):
+        out = run.sample(3, sampler=sampler, known=x, mask=np.array([1.0, 0.0]))
+        np.testing.assert_allclose(out[:, 0], x[:, 0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="known=.* is invalid with sampler='karras'"):
+        run.sample(3, sampler="karras", known=x, mask=np.array([1.0, 0.0]))
+    with pytest.raises(ConfigError, match="x_start needs t_start"):
+        run.sample(3, x_start=x)
+    with pytest.raises(ConfigError, match="does not broadcast"):
+        run.sample(3, known=x, mask=np.ones(3))

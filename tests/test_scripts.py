@@ -60,7 +60,51 @@ def test_sample_script_warns_of_flags_the_sampler_ignores(toy_run, tmp_path, fla
         assert not warnings, result.stderr
     else:
         assert len(warnings) == 1 and warned in warnings[0], result.stderr
-        assert "ddpm sampler" in warnings[0] and "T=20" in warnings[0]
+        assert "ddpm sampler" in warnings[0] and "--sampler ddim" in warnings[0]
+    assert "model calls" in result.stdout
+
+
+@pytest.mark.parametrize("flags, described", [
+    (["--sampler", "dpm_solver", "--steps", "5", "--order", "3"],
+     "dpm_solver (order 3, 5 steps, 5 model calls)"),
+    (["--sampler", "karras", "--steps", "4", "--solver", "heun", "--churn", "0.5"],
+     "karras (heun, 4 steps, churn 0.5, 7 model calls)"),
+], ids=["dpm_solver", "karras"])
+def test_sample_script_runs_the_fast_samplers_and_says_which(toy_run, tmp_path, flags, described):
+    out = tmp_path / "s.npz"
+    result = run_script("sample.py", "--workdir", toy_run, "--num_samples", "8", "--out",
+                        str(out), *flags)
+    assert result.returncode == 0, result.stderr
+    assert f"with {described}" in result.stdout, result.stdout
+    with np.load(out) as saved:
+        assert saved["samples"].shape == (8, 2) and np.all(np.isfinite(saved["samples"]))
+
+
+def test_sample_script_edits_an_input(toy_run, tmp_path):
+    """SDEdit: --num_samples variations per input; inpainting: the known coordinate comes back
+    (to the data-space rounding of standardising and back)."""
+    inputs = np.array([[0.5, -1.0], [2.0, 1.5], [-1.0, 0.25]], np.float32)
+    np.savez(tmp_path / "init.npz", samples=inputs)
+    np.savez(tmp_path / "mask.npz", mask=np.array([1.0, 0.0], np.float32))
+    out = tmp_path / "sdedit.npz"
+    result = run_script("sample.py", "--workdir", toy_run, "--init", str(tmp_path / "init.npz"),
+                        "--t_start", "10", "--num_samples", "2", "--sampler", "ddim",
+                        "--steps", "5", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "from t_start=10, 5 model calls" in result.stdout, result.stdout
+    with np.load(out) as saved:
+        assert saved["samples"].shape == (6, 2)
+        np.testing.assert_array_equal(saved["input_index"], [0, 0, 1, 1, 2, 2])
+        np.testing.assert_array_equal(saved["inputs"], inputs)
+    out = tmp_path / "inpainted.npz"
+    result = run_script("sample.py", "--workdir", toy_run, "--init", str(tmp_path / "init.npz"),
+                        "--mask", str(tmp_path / "mask.npz"), "--sampler", "ddpm",
+                        "--resamples", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "RePaint r=2" in result.stdout, result.stdout
+    with np.load(out) as saved:
+        np.testing.assert_allclose(saved["samples"][:, 0], inputs[:, 0], rtol=1e-5, atol=1e-5)
+        assert not np.allclose(saved["samples"][:, 1], inputs[:, 1], atol=1e-3)
 
 
 def test_no_usable_checkpoint_is_a_one_line_error(tmp_path):
@@ -425,6 +469,19 @@ SAMPLE_CASES = [
     ("out-parent-is-a-file", ["--out={afile}/s.npz"], "--out"),
     ("seed-beyond-2-63", ["--seed=99999999999999999999"], "--seed"),
     ("samples-beyond-memory", ["--num_samples=100000000000"], "num_samples"),
+    ("order-4", ["--sampler=dpm_solver", "--order=4"], "--order=4"),
+    ("unknown-solver", ["--sampler=karras", "--solver=rk4"], "--solver='rk4'"),
+    ("negative-churn", ["--sampler=karras", "--churn=-1"], "--churn=-1"),
+    ("zero-resamples", ["--resamples=0"], "--resamples=0"),
+    ("t-start-without-init", ["--t_start=5"], "--t_start=5"),
+    ("init-missing-file", ["--init={tmp}/none.npz", "--t_start=5"], "--init"),
+    ("init-wrong-shape", ["--init={cube}", "--t_start=5"], "--init"),
+    ("init-nan", ["--init={nan}", "--t_start=5"], "--init"),
+    ("init-without-t-start-or-mask", ["--init={small}"], "needs --t_start"),
+    ("t-start-at-T", ["--init={small}", "--t_start=20"], "--t_start=20"),
+    ("named-mask-on-points", ["--init={small}", "--mask=keep_left"], "--mask=keep_left"),
+    ("mask-with-dpm-solver", ["--init={small}", "--mask={one_row}", "--sampler=dpm_solver"],
+     "inpainting needs --sampler ddpm or ddim"),
 ]
 
 

@@ -2,8 +2,25 @@
 
     jaxdiff-sample --workdir runs/toy --num_samples 1000 --out samples.npz
     jaxdiff-sample --workdir runs/toy --num_samples 1000 --out ddim.npz --sampler ddim --steps 50
+    jaxdiff-sample --workdir runs/toy --out dpm.npz --sampler dpm_solver --steps 20 --order 3
+    jaxdiff-sample --workdir runs/toy --out heun.npz --sampler karras --steps 18 --solver heun
 
-(in a checkout, `python sample.py` with the same flags).
+(in a checkout, `python sample.py` with the same flags). Samplers: ddpm (all T steps), ddim
+(--steps, --eta), dpm_solver (DPM-Solver++: --steps, --order 1-3), karras (EDM: --steps,
+--solver euler|heun, --churn). A flag the chosen sampler does not use is reported and ignored;
+the program prints the sampler and how many model calls it made.
+
+Editing an input (.npz with the data-space `samples` array, or an image file):
+
+    jaxdiff-sample --workdir runs/digits --init digits.npz --t_start 400 --num_samples 4 \
+        --out sdedit.npz                                    # SDEdit: 4 variations per input
+    jaxdiff-sample --workdir runs/digits --init digits.npz --mask keep_left --sampler ddpm \
+        --resamples 5 --out inpainted.npz                   # inpainting with RePaint's resampling
+
+--mask is a file (.npz `mask` array, or an image: nonzero = known) or, for images, one of
+keep_left, keep_right, keep_top, keep_bottom, keep_center, keep_border (the kept part is known;
+the rest is generated). Inpainting needs --sampler ddpm or ddim. The .npz gets `samples`,
+`inputs` (the inputs, encoded back to data space) and `input_index` (the input of each sample).
 
 Writes `samples` (data space) to the .npz file and a picture next to it (samples.png); with
 --trajectory also a picture of x_t along the reverse process.
@@ -32,9 +49,10 @@ from absl import flags
 from absl import logging as absl_logging
 
 from jaxdiff import cli, plotting, sharding
-from jaxdiff.config import SAMPLERS
+from jaxdiff.config import SAMPLER_FIELDS, SAMPLERS, sample_option
 from jaxdiff.errors import CheckpointError, ConfigError, NonFiniteError
-from jaxdiff.run import check_guidance, check_labels, load_run
+from jaxdiff.ode_samplers import KARRAS_SOLVERS
+from jaxdiff.run import check_guidance, check_labels, load_run, num_model_calls
 
 _GRID_COLUMNS = 8  # samples per (class, scale) cell shown in the grid
 
@@ -48,10 +66,25 @@ def define_flags() -> types.SimpleNamespace:
         out=flags.DEFINE_string("out", "samples.npz", "Output .npz file."),
         sampler=flags.DEFINE_string("sampler", None, f"One of {', '.join(SAMPLERS)} (default: "
                                     "the config's)."),
-        steps=flags.DEFINE_integer("steps", None, "DDIM steps (default: the config's; DDPM "
-                                   "always runs all T steps)."),
-        eta=flags.DEFINE_float("eta", None, "DDIM eta (default: the config's; not used by "
-                               "DDPM)."),
+        steps=flags.DEFINE_integer("steps", None, "Steps of ddim, dpm_solver or karras "
+                                   "(default: the config's; DDPM always runs all T steps)."),
+        eta=flags.DEFINE_float("eta", None, "DDIM eta (default: the config's)."),
+        order=flags.DEFINE_integer("order", None, "DPM-Solver++ order 1, 2 or 3 (default: the "
+                                   "config's sample.order)."),
+        solver=flags.DEFINE_string("solver", None, "Karras sampler solver: euler or heun "
+                                   "(default: the config's sample.solver)."),
+        churn=flags.DEFINE_float("churn", None, "Karras S_churn >= 0 (0: deterministic; "
+                                 "default: the config's sample.churn)."),
+        resamples=flags.DEFINE_integer("resamples", None, "RePaint resampling r >= 1 for DDPM "
+                                       "inpainting (default: the config's sample.resamples)."),
+        init=flags.DEFINE_string("init", None, "Input to edit: a .npz holding `samples` (data "
+                                 "space) or an image file."),
+        t_start=flags.DEFINE_integer("t_start", None, "SDEdit: noise --init to this time in "
+                                     "[0, T) and denoise from there (default: the config's "
+                                     "sample.t_start)."),
+        mask=flags.DEFINE_string("mask", None, "Inpainting: what of --init is known, a .npz "
+                                 "`mask`, an image (nonzero = known) or keep_left, keep_right, "
+                                 "keep_top, keep_bottom, keep_center, keep_border."),
         seed=flags.DEFINE_integer("seed", 0, "Sampling seed."),
         step=flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest)."),
         trajectory=flags.DEFINE_boolean("trajectory", False, "Also plot the reverse trajectory."),
@@ -107,9 +140,8 @@ def write_class_samples(args, run, labels, scales) -> None:
     = guidance scale."""
     per_cell = args.num_samples.value if args.num_samples.present else 1
     cells = run.sample_classes(labels, scales, per_cell, seed=args.seed.value,
-                               sampler=args.sampler.value, steps=args.steps.value,
-                               eta=args.eta.value, guidance_rescale=args.guidance_rescale.value,
-                               num_devices=args.num_devices.value)
+                               guidance_rescale=args.guidance_rescale.value,
+                               num_devices=args.num_devices.value, **sampler_options(args, run))
     if not sharding.is_main_process():
         return
     shape = cells.shape[3:]
@@ -125,8 +157,8 @@ def write_class_samples(args, run, labels, scales) -> None:
                           title=f"classes {args.labels.value} (step {run.step})",
                           nrow=shown.shape[1] * shown.shape[2])
     print(f"wrote {cells.shape[0] * cells.shape[1] * cells.shape[2]} samples: {len(labels)} "
-          f"classes x {len(scales)} guidance scales x {per_cell} (step {run.step}) to "
-          f"{args.out.value}")
+          f"classes x {len(scales)} guidance scales x {per_cell} with "
+          f"{describe_sampler(args, run)} (step {run.step}) to {args.out.value}")
 
 
 def check_flags(args, run) -> None:
@@ -142,6 +174,15 @@ def check_flags(args, run) -> None:
                           f"[1, T={timesteps}]")
     if args.eta.value is not None and not 0 <= args.eta.value < float("inf"):  # NaN fails too
         raise ConfigError(f"--eta={args.eta.value} is invalid: a finite number >= 0")
+    if args.order.value is not None and args.order.value not in (1, 2, 3):
+        raise ConfigError(f"--order={args.order.value} is invalid: 1, 2 or 3")
+    if args.solver.value is not None and args.solver.value not in KARRAS_SOLVERS:
+        raise ConfigError(f"--solver={args.solver.value!r} is invalid: one of "
+                          f"{', '.join(KARRAS_SOLVERS)}")
+    if args.churn.value is not None and not 0 <= args.churn.value < float("inf"):
+        raise ConfigError(f"--churn={args.churn.value} is invalid: a finite number >= 0")
+    if args.resamples.value is not None and args.resamples.value < 1:
+        raise ConfigError(f"--resamples={args.resamples.value} is invalid: an integer >= 1")
     devices = args.num_devices.value
     if devices is not None and not 1 <= devices <= jax.device_count():
         raise ConfigError(f"--num_devices={devices} is invalid: an integer in "
@@ -153,13 +194,17 @@ def check_flags(args, run) -> None:
         raise ConfigError(f"--seed={args.seed.value} is invalid: an integer in [-2**63, 2**63)")
 
 
+_SAMPLER_FLAGS = ("steps", "eta", "order", "solver", "churn", "resamples")
+
+
 def ignored_flags(args, run) -> list[str]:
-    """The sampler flags given on the command line that the chosen sampler does not use: DDPM
-    runs all T steps of the ancestral sampler, so it has neither --steps nor --eta."""
+    """The sampler flags given on the command line that the chosen sampler does not use (its
+    fields in jaxdiff.config.SAMPLER_FIELDS): DDPM runs all T steps of the ancestral sampler, so
+    it has no --steps, DDIM no --order, and so on."""
     sampler = args.sampler.value or run.config.sample.sampler
-    if sampler != "ddpm":
-        return []
-    return [f"--{flag.name}={flag.value}" for flag in (args.steps, args.eta) if flag.present]
+    used = SAMPLER_FIELDS[sampler]
+    return [f"--{name}={getattr(args, name).value}" for name in _SAMPLER_FLAGS
+            if getattr(args, name).present and name not in used]
 
 
 def warn_ignored_flags(args, run) -> None:
@@ -168,9 +213,206 @@ def warn_ignored_flags(args, run) -> None:
     if ignored and sharding.is_main_process():
         sampler = args.sampler.value or run.config.sample.sampler
         verb = "are" if len(ignored) > 1 else "is"
-        print(f"warning: {' and '.join(ignored)} {verb} ignored by the {sampler} sampler (it runs "
-              f"all T={run.schedule.timesteps} steps and has no eta); --sampler ddim uses them",
-              file=sys.stderr)
+        users = sorted({name for flag in ignored for name, fields in SAMPLER_FIELDS.items()
+                        if flag[2:].split("=")[0] in fields})
+        runs = (f"it runs all T={run.schedule.timesteps} steps; " if sampler == "ddpm" else "")
+        print(f"warning: {' and '.join(ignored)} {verb} ignored by the {sampler} sampler ({runs}"
+              f"used by --sampler {' / '.join(users)})", file=sys.stderr)
+
+
+def sampler_options(args, run) -> dict:
+    """The sampler flags the chosen sampler uses, as Run.sample arguments."""
+    sampler = args.sampler.value or run.config.sample.sampler
+    options = {name: getattr(args, name).value for name in _SAMPLER_FLAGS
+               if name in SAMPLER_FIELDS[sampler]}
+    return dict(sampler=args.sampler.value, **options)
+
+
+def describe_sampler(args, run) -> str:
+    """E.g. "dpm_solver (order 2, 20 steps, 20 model calls)"."""
+    options = run.config.sample
+    sampler = args.sampler.value or options.sampler
+    value = lambda name: (getattr(args, name).value if getattr(args, name).present  # noqa: E731
+                          else sample_option(run.config, name))
+    t_start = editing_t_start(args, run)
+    steps = value("steps")
+    details = {"ddpm": [f"{options.variance}"] + (
+                   [f"RePaint r={value('resamples')}"] if value("resamples") > 1 else []),
+               "ddim": [f"eta {value('eta')}", f"{steps} steps"],
+               "dpm_solver": [f"order {value('order')}", f"{steps} steps"],
+               "karras": [value("solver"), f"{steps} steps", f"churn {value('churn')}"]}[sampler]
+    if t_start is not None:
+        details.append(f"from t_start={t_start}")
+    calls = num_model_calls(run.config, run.schedule, sampler, steps, solver=value("solver"),
+                            t_start=t_start, resamples=value("resamples"))
+    return f"{sampler} ({', '.join(details + [f'{calls} model calls'])})"
+
+
+# --- editing inputs ---------------------------------------------------------------------------
+
+_MASK_NAMES = ("keep_left", "keep_right", "keep_top", "keep_bottom", "keep_center",
+               "keep_border")
+
+
+def editing_t_start(args, run) -> int | None:
+    """SDEdit's start time: --t_start, else config.sample.t_start (-1: none); None without
+    --init."""
+    if args.init.value is None:
+        return None
+    t_start = args.t_start.value
+    if t_start is None:
+        t_start = sample_option(run.config, "t_start")
+        return None if t_start < 0 else t_start
+    return t_start
+
+
+def _load_array(path: str, flag: str, names: tuple[str, ...]) -> np.ndarray:
+    """The array `names[0]` (or the only array) of a .npz or .npy file, or ConfigError."""
+    try:
+        loaded = np.load(path)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--{flag}={path!r} cannot be read: {error}") from None
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        for name in names:
+            if name in loaded.files:
+                return loaded[name]
+        if len(loaded.files) == 1:
+            return loaded[loaded.files[0]]
+        raise ConfigError(f"--{flag}={path!r} holds {loaded.files}, none named "
+                          f"{' or '.join(names)}")
+
+
+def _load_image(path: str, flag: str, shape) -> np.ndarray:
+    """An image file as uint8 [H, W, C] of the run's image shape (resized if needed)."""
+    from PIL import Image, UnidentifiedImageError
+
+    height, width, channels = shape
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            if image.size != (width, height):
+                print(f"note: --{flag} image {image.size[0]}x{image.size[1]} resized to "
+                      f"{width}x{height}", file=sys.stderr)
+                image = image.resize((width, height), Image.BICUBIC)
+            array = np.asarray(image, np.uint8)
+    except (OSError, UnidentifiedImageError) as error:
+        raise ConfigError(f"--{flag}={path!r} cannot be read as an image: {error}") from None
+    return array.reshape(height, width, channels)
+
+
+def load_init(args, run) -> np.ndarray:
+    """--init as data-space inputs [K, ...] of the run's data shape (one image: K = 1)."""
+    path = args.init.value
+    if not os.path.isfile(path):
+        raise ConfigError(f"--init={path!r} is invalid: no such file")
+    shape = run.data_shape
+    if path.endswith((".npz", ".npy")):
+        inputs = _load_array(path, "init", ("samples", "inputs"))
+        if inputs.shape == shape:
+            inputs = inputs[None]
+    elif len(shape) == 3:
+        inputs = _load_image(path, "init", shape)[None]
+    else:
+        raise ConfigError(f"--init={path!r} is invalid: point runs read a .npz or .npy file")
+    if inputs.shape[1:] != shape or len(inputs) < 1:
+        raise ConfigError(f"--init={path!r} holds an array of shape {inputs.shape}, expected "
+                          f"[K, {', '.join(map(str, shape))}] (the run's data)")
+    if len(shape) == 3 and inputs.dtype != np.uint8:
+        raise ConfigError(f"--init={path!r} holds {inputs.dtype} images: expected uint8 in "
+                          f"[0, 255], as sample.py writes them")
+    if not np.all(np.isfinite(inputs)):
+        raise ConfigError(f"--init={path!r} holds NaN or infinite values")
+    return inputs
+
+
+def load_mask(args, run) -> np.ndarray:
+    """--mask as float32 in [0, 1] broadcastable to [K, ...] (1 = known)."""
+    spec, shape = args.mask.value, run.data_shape
+    if spec in _MASK_NAMES:
+        if len(shape) != 3:
+            raise ConfigError(f"--mask={spec} is invalid: named masks are for images; give a "
+                              f".npz mask for points")
+        height, width = shape[:2]
+        rows, cols = np.arange(height)[:, None], np.arange(width)[None, :]
+        inside = ((rows >= height // 4) & (rows < height - height // 4)
+                  & (cols >= width // 4) & (cols < width - width // 4))
+        kept = {"keep_left": np.broadcast_to(cols < width // 2, (height, width)),
+                "keep_right": np.broadcast_to(cols >= width // 2, (height, width)),
+                "keep_top": np.broadcast_to(rows < height // 2, (height, width)),
+                "keep_bottom": np.broadcast_to(rows >= height // 2, (height, width)),
+                "keep_center": inside, "keep_border": ~inside}[spec]
+        return kept[:, :, None].astype(np.float32)
+    if not os.path.isfile(spec):
+        raise ConfigError(f"--mask={spec!r} is invalid: a file (.npz, image) or one of "
+                          f"{', '.join(_MASK_NAMES)}")
+    if spec.endswith((".npz", ".npy")):
+        mask = _load_array(spec, "mask", ("mask",)).astype(np.float32)
+    elif len(shape) == 3:
+        mask = (_load_image(spec, "mask", shape[:2] + (1,)) > 0).astype(np.float32)
+    else:
+        raise ConfigError(f"--mask={spec!r} is invalid: point runs read a .npz or .npy file")
+    if not np.all((mask >= 0) & (mask <= 1)):
+        raise ConfigError(f"--mask={spec!r} is invalid: values must be in [0, 1] (1 = known)")
+    return mask
+
+
+def check_editing_flags(args, run) -> None:
+    """ConfigError naming the flag for editing flags that cannot work together."""
+    sampler = args.sampler.value or run.config.sample.sampler
+    if args.init.value is None:
+        for flag in (args.t_start, args.mask):
+            if flag.value is not None:
+                raise ConfigError(f"--{flag.name}={flag.value} is invalid without --init (the "
+                                  f"input to edit)")
+        return
+    if args.labels.value is not None:
+        raise ConfigError("--labels cannot be combined with --init yet: edit with the config's "
+                          "conditioning (unconditional or null class)")
+    timesteps = run.schedule.timesteps
+    t_start = editing_t_start(args, run)
+    if t_start is not None and not 0 <= t_start < timesteps:
+        raise ConfigError(f"--t_start={t_start} is invalid: an integer in [0, T={timesteps})")
+    if args.mask.value is None and t_start is None:
+        raise ConfigError(f"--init={args.init.value!r} needs --t_start (SDEdit) or --mask "
+                          f"(inpainting), or both")
+    if args.mask.value is not None and sampler not in ("ddpm", "ddim"):
+        raise ConfigError(f"--mask={args.mask.value} is invalid with the {sampler} sampler: "
+                          f"inpainting needs --sampler ddpm or ddim")
+
+
+def write_edits(args, run) -> None:
+    """Edit every --init input --num_samples times (default 1); write samples, inputs,
+    input_index (and mask) and a picture: one row per input (input, masked input, edits)."""
+    inputs = load_init(args, run)
+    mask = None if args.mask.value is None else load_mask(args, run)
+    per_input = args.num_samples.value if args.num_samples.present else 1
+    index = np.repeat(np.arange(len(inputs)), per_input)
+    known = None if mask is None else inputs[index]
+    samples = run.sample(len(index), seed=args.seed.value, **sampler_options(args, run),
+                         x_start=None if editing_t_start(args, run) is None else inputs[index],
+                         t_start=editing_t_start(args, run), known=known, mask=mask,
+                         num_devices=args.num_devices.value)
+    if not sharding.is_main_process():
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(args.out.value)), exist_ok=True)
+    extra = {} if mask is None else {"mask": mask}
+    np.savez(args.out.value, samples=samples, inputs=inputs, input_index=index, **extra)
+    stem = os.path.splitext(args.out.value)[0]
+    if samples.ndim == 4:  # images: a row per input
+        rows = [inputs[:, None]]
+        if mask is not None:  # the known part, the rest grey
+            rows.append(np.where(np.broadcast_to(mask, inputs.shape) > 0.5, inputs,
+                                 128).astype(np.uint8)[:, None])
+        rows.append(samples.reshape((len(inputs), per_input) + samples.shape[1:]))
+        grid = np.concatenate(rows, axis=1)
+        plotting.save_samples(grid.reshape((-1,) + samples.shape[1:]), f"{stem}.png",
+                              nrow=grid.shape[1])
+    else:
+        plotting.save_samples(samples, f"{stem}.png", title=f"edits (step {run.step})")
+    print(f"wrote {len(samples)} edits of {len(inputs)} inputs with "
+          f"{describe_sampler(args, run)} (step {run.step}) to {args.out.value}")
 
 
 def sample(args: types.SimpleNamespace, argv: list[str]) -> None:
@@ -183,12 +425,15 @@ def sample(args: types.SimpleNamespace, argv: list[str]) -> None:
         sharding.initialize_distributed()
         run = load_run(args.workdir.value, step=args.step.value)
         check_flags(args, run)
+        check_editing_flags(args, run)
         warn_ignored_flags(args, run)
         labels, scales = guidance_flags(args, run)
     except (ConfigError, CheckpointError) as error:
         cli.fail(error)
     try:
-        if labels is not None:
+        if args.init.value is not None:
+            write_edits(args, run)
+        elif labels is not None:
             write_class_samples(args, run, labels, scales)
         else:
             write_samples(args, run)
@@ -200,8 +445,7 @@ def sample(args: types.SimpleNamespace, argv: list[str]) -> None:
 
 def write_samples(args, run) -> None:
     """Sample --num_samples; write the .npz and pictures (and the trajectory's)."""
-    out = run.sample(args.num_samples.value, seed=args.seed.value, sampler=args.sampler.value,
-                     steps=args.steps.value, eta=args.eta.value,
+    out = run.sample(args.num_samples.value, seed=args.seed.value, **sampler_options(args, run),
                      return_trajectory=args.trajectory.value, num_devices=args.num_devices.value)
     if not sharding.is_main_process():  # every host sampled its share; one writes
         return
@@ -212,8 +456,8 @@ def write_samples(args, run) -> None:
     plotting.save_samples(samples, f"{stem}.png", title=f"samples (step {run.step})")
     if trajectory is not None:
         plotting.save_trajectory(trajectory, stem)
-    print(f"wrote {len(samples)} samples of shape {samples.shape[1:]} (step {run.step}) to "
-          f"{args.out.value}")
+    print(f"wrote {len(samples)} samples of shape {samples.shape[1:]} with "
+          f"{describe_sampler(args, run)} (step {run.step}) to {args.out.value}")
 
 
 def main() -> None:
