@@ -36,6 +36,7 @@ from jaxdiff.samplers import (
     ddim_timesteps,
     ddpm_sample,
 )
+from jaxdiff.likelihood import bits_per_dim, ode_log_likelihood, vlb
 from jaxdiff.ode_samplers import (
     dpm_solver_sample,
     dpm_solver_timesteps,

@@ -15,19 +15,24 @@ data      name (a TFDS set, "digits", or "folder"), path (folder), data_dir (TFD
 model     name "unet" (denoising-diffusion-pytorch's Unet: dim, dim_mults, resnet_block_groups,
           learned_sinusoidal_cond) or "ddpm_unet" (Ho et al.'s CIFAR-10 net: dim is its ch,
           dim_mults its ch_mult, num_res_blocks, attn_resolutions); dropout, num_classes
-          (0: unconditional), self_condition, dtype (bfloat16: bf16 compute, float32 params)
+          (0: unconditional), self_condition, dtype (bfloat16: bf16 compute, float32 params),
+          learned_variance (the model also outputs v, the interpolation of its reverse
+          variance, trained by the hybrid loss of Nichol & Dhariwal 2021; needs
+          sample.variance "learned_range")
 diffusion schedule, timesteps, objective, loss_type, weighting, min_snr_gamma
 optim     AdamW: lr, warmup_steps, decay (constant / cosine), b1, b2, weight_decay, grad_clip
 train     steps, batch_size (global, over all devices), log_every, checkpoint_every,
           keep_checkpoints, max_skipped_steps (consecutive non-finite steps before stopping),
           steps_per_call (k steps per dispatch, a lax.scan), num_devices (0: all)
 ema       decay, warmup
-sample    sampler: ddpm (variance; resamples, jump_length: RePaint for inpainting), ddim (steps,
+sample    sampler: ddpm (variance: fixed_small, fixed_large, or learned_range for a model with
+          model.learned_variance; resamples, jump_length: RePaint for inpainting), ddim (steps,
           eta, timestep_spacing), dpm_solver (steps, order, timestep_spacing,
           lower_order_final), karras (steps, solver, churn, rho); clip_x0 for all; t_start (the
           SDEdit start time sample.py uses with --init; -1: none)
-eval      num_samples (at the end of training), plots, sample_every (grids during training,
-          0: never), inception_path (pytorch-fid's weight file: FID against the training data
+eval      num_samples (at the end of training), likelihood (held-out VLB and probability-flow
+          bits/dim, nats/dim for points) on likelihood_examples held-out examples, plots,
+          sample_every (grids during training, 0: never), inception_path (pytorch-fid's weight file: FID against the training data
           when given), guidance_scales (conditional models: accuracy / FD per scale)
 conditioning  model.num_classes > 0 with model.cond_drop_prob (label dropout, on
           train.cond_drop_schedule "constant" or "linear" from train.cond_drop_start), and
@@ -162,6 +167,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("model.cond_drop_prob", lambda v: _is_number(v) and 0 <= v <= 1,
          "a number in [0, 1] (label dropout for classifier-free guidance)"),
         ("model.self_condition", *boolean),
+        ("model.learned_variance", *boolean),
         ("model.learned_sinusoidal_cond", *boolean),
         ("model.dtype", lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
         ("diffusion.schedule", lambda v: v in SCHEDULE_KINDS, f"one of {', '.join(SCHEDULE_KINDS)}"),
@@ -213,6 +219,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("sample.guidance_rescale", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
         ("eval.num_samples", positive_int, "an integer >= 1"),
         ("eval.plots", *boolean),
+        ("eval.likelihood", *boolean),
+        ("eval.likelihood_examples", positive_int, "an integer >= 1"),
         ("eval.sample_every", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: never)"),
         ("eval.guidance_scales", lambda v: all(_is_number(s) and 0 <= s < float("inf") for s in v),
          "a tuple of numbers >= 0, e.g. (0, 1, 2, 3) (empty: no guidance sweep)"),
@@ -222,6 +230,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for field, ok, allowed in checks:
         _require(config, field, ok, allowed)
     _validate_guidance(config)
+    _validate_learned_variance(config)
     per_call = config.train.get("steps_per_call", 1)
     for field in ("train.log_every", "train.checkpoint_every", "eval.sample_every"):
         _require(config, field, lambda v: v % per_call == 0,
@@ -295,6 +304,19 @@ def _validate_guidance(config) -> None:
                 f"config.{field}={value!r} is invalid: guidance needs the unconditional "
                 f"(null-class) prediction, which a model trained with model.cond_drop_prob=0 "
                 f"never learned; set model.cond_drop_prob (e.g. 0.1)")
+
+
+def _validate_learned_variance(config) -> None:
+    """A learned-variance model samples (DDPM) with its own variance, and only it can."""
+    learned = config.model.get("learned_variance", False)
+    variance = config.sample.variance
+    if learned and variance != "learned_range":
+        raise ConfigError(f"config.sample.variance={variance!r} is invalid with "
+                          f"model.learned_variance=True: a model that learns its variance "
+                          f"samples with it; set sample.variance='learned_range'")
+    if not learned and variance == "learned_range":
+        raise ConfigError("config.sample.variance='learned_range' is invalid: it needs a model "
+                          "that learns its variance (model.learned_variance=True)")
 
 
 def sample_option(config: ml_collections.ConfigDict, name: str):
@@ -408,6 +430,7 @@ def image_config() -> ml_collections.ConfigDict:
     config.model.self_condition = False
     config.model.learned_sinusoidal_cond = False
     config.model.dtype = "float32"
+    config.model.learned_variance = False  # [prediction, v] output, hybrid loss (improved DDPM)
 
     add_training_sections(config)
 
@@ -417,6 +440,8 @@ def image_config() -> ml_collections.ConfigDict:
     config.eval.sample_every = 5_000
     config.eval.inception_path = ""
     config.eval.guidance_scales = ()  # conditional models: a guidance sweep at the end
+    config.eval.likelihood = True  # held-out bits/dim: the VLB and the probability-flow ODE
+    config.eval.likelihood_examples = 100  # a VLB is T model calls per example
     return config
 
 
@@ -428,5 +453,6 @@ def quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.optim.warmup_steps = 5
     config.eval.num_samples = 16
     config.eval.sample_every = 0
+    config.eval.likelihood_examples = 16
     config.sample.steps = 10
     return config

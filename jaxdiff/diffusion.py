@@ -41,11 +41,27 @@ def check_timesteps(t, timesteps: int, name: str = "t") -> None:
                          f"to {values.max()}")
 
 
-def check_output_shape(output: Array, x_t: Array) -> None:
-    """Raise a ValueError when the model's output shape differs from x_t's (it would broadcast
-    silently into the update or the loss). Checked at trace time."""
-    if getattr(output, "shape", None) != x_t.shape:
-        raise ValueError(f"model_fn returned an output of shape {getattr(output, 'shape', None)} "
+def check_output_shape(output: Array, x_t: Array, learned_variance: bool = False) -> None:
+    """Raise a ValueError when the model's output shape is not x_t's (it would broadcast silently
+    into the update or the loss), or, with `learned_variance`, not x_t's with the last (channel)
+    axis doubled: [prediction, v] (Nichol & Dhariwal 2021). Checked at trace time."""
+    shape = getattr(output, "shape", None)
+    doubled = x_t.shape[:-1] + (2 * x_t.shape[-1],)
+    if learned_variance and shape != doubled:
+        if shape == x_t.shape:
+            raise ValueError(f"learned variance asked of a model without it: model_fn returned "
+                             f"shape {shape}, like x_t; a learned-variance model returns "
+                             f"{doubled} (the prediction and v on the last axis)")
+        raise ValueError(f"model_fn returned an output of shape {shape} for x_t of shape "
+                         f"{x_t.shape}; a learned-variance model returns {doubled} (the "
+                         f"prediction and v on the last axis)")
+    if not learned_variance and shape != x_t.shape:
+        if shape == doubled:
+            raise ValueError(f"model_fn returned shape {shape} for x_t of shape {x_t.shape}: "
+                             f"a learned-variance model's [prediction, v]; use it with "
+                             f"variance='learned_range' (ddpm_sample) or learned_variance=True "
+                             f"(the other samplers, diffusion_loss)")
+        raise ValueError(f"model_fn returned an output of shape {shape} "
                          f"for x_t of shape {x_t.shape}; a denoiser returns one value per input "
                          f"value (eps, x0 or v, shaped like x_t)")
 
@@ -112,6 +128,38 @@ def q_posterior(s: Schedule, x0: Array, x_t: Array, t: Array) -> tuple[Array, Ar
     variance = extract(s.posterior_variance, t, x_t.ndim)
     log_variance = extract(s.posterior_log_variance_clipped, t, x_t.ndim)
     return mean, variance, log_variance
+
+
+def split_learned_variance(output: Array) -> tuple[Array, Array]:
+    """A learned-variance model's output [..., 2C] as (the objective's prediction [..., C], the
+    variance interpolation value v [..., C]), split on the last (channel) axis."""
+    channels = output.shape[-1]
+    if channels % 2:
+        raise ValueError(f"a learned-variance model output needs an even channel count (the "
+                         f"prediction and v), got shape {output.shape}")
+    return output[..., : channels // 2], output[..., channels // 2:]
+
+
+def learned_range_log_variance(s: Schedule, v: Array, t: Array) -> Array:
+    """Nichol & Dhariwal 2021, eq. 15 ("learned_range"): log Sigma = f log beta_t
+    + (1 - f) log beta~_t with f = (v + 1) / 2, v the model's output (nominally in [-1, 1];
+    not clipped, as improved-diffusion), beta~_t the posterior variance (beta~_1 at t = 0:
+    `log_posterior_variance`)."""
+    fraction = (v + 1.0) / 2.0
+    max_log = extract(jnp.log(jnp.asarray(s.betas)), t, v.ndim)
+    min_log = extract(log_posterior_variance(s), t, v.ndim)
+    return fraction * max_log + (1.0 - fraction) * min_log
+
+
+def log_posterior_variance(s: Schedule) -> Array:
+    """log beta~_t with beta~_0 (zero) replaced by beta~_1, float32 [T]: improved-diffusion's
+    `posterior_log_variance_clipped`, the decoder variance at t = 0. (Schedule's own table
+    clips beta~_0 at 1e-20 instead, as denoising-diffusion-pytorch; the posterior mean at t = 0
+    does not depend on it, but a decoder with variance 1e-20 would.)"""
+    variance = jnp.asarray(s.posterior_variance)
+    if variance.shape[0] < 2:
+        return jnp.log(jnp.maximum(jnp.asarray(s.betas), 1e-20))
+    return jnp.log(jnp.concatenate([variance[1:2], variance[1:]]))
 
 
 class Prediction(NamedTuple):

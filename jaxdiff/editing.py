@@ -56,6 +56,7 @@ def ddim_invert(
     timestep_spacing: str = "trailing",
     cond: Mapping[str, Array] | None = None,
     return_trajectory: bool = False,
+    learned_variance: bool = False,
 ) -> Array:
     """Deterministic DDIM inversion (Song et al. 2021, sec. 4.3; eta = 0): the x_T from which
     `ddim_sample(..., eta=0, num_steps, timestep_spacing, x_T=x_T)` returns approximately x0.
@@ -65,6 +66,7 @@ def ddim_invert(
     at the lower level t_prev (the standard approximation of the ODE step; exact as the steps
     shrink). x0: float32 [B, ...] in model space. Returns x_T, or (x_T, trajectory
     [num_steps + 1, *shape] from x0 up to x_T) with `return_trajectory`. No x0 clipping.
+    `learned_variance`: the model returns [prediction, v]; the prediction is used.
     """
     check_objective(objective)
     check_num_steps(num_steps, s.timesteps)
@@ -74,7 +76,8 @@ def ddim_invert(
     x0 = jnp.asarray(x0, jnp.float32)
     shape = check_shape(x0.shape)
     cond = dict(cond or {})
-    model_fn = prepare_model(model_fn, shape, cond, False, None, 0.0, None)
+    model_fn = prepare_model(model_fn, shape, cond, False, None, 0.0, None,
+                             bool(learned_variance))
     return _invert_loop(model_fn, s, x0, cond, num_steps=int(num_steps), objective=objective,
                         timestep_spacing=timestep_spacing,
                         return_trajectory=bool(return_trajectory))

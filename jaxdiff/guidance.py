@@ -69,7 +69,15 @@ def _guided_model(model_fn, guidance_scale, null_cond, guidance_rescale, x, t, *
             other = value
         doubled[name] = jnp.concatenate([value, other], axis=0)
     output = model_fn(jnp.concatenate([x, x], axis=0), jnp.concatenate([t, t], axis=0), **doubled)
-    return guide(output[:batch], output[batch:], guidance_scale, guidance_rescale)
+    output_cond, output_uncond = output[:batch], output[batch:]
+    channels = x.shape[-1]
+    if output.shape[-1] == 2 * channels:
+        # a learned-variance model's [prediction, v]: guide the predictions and keep the
+        # conditional v (GLIDE's guided sampling does the same)
+        guided = guide(output_cond[..., :channels], output_uncond[..., :channels],
+                       guidance_scale, guidance_rescale)
+        return jnp.concatenate([guided, output_cond[..., channels:]], axis=-1)
+    return guide(output_cond, output_uncond, guidance_scale, guidance_rescale)
 
 
 def classifier_free_guidance(
@@ -91,7 +99,9 @@ def classifier_free_guidance(
     function of the output given (x_t, t): eps = a x_t + b out. The guide weights (1 - s, s)
     sum to one, so eps(guided out) = (1 - s) eps(uncond) + s eps(cond): guiding x0 or v
     predictions is exactly guiding eps. (Rescaling with phi > 0 is not affine and acts on the
-    outputs themselves.)
+    outputs themselves.) A learned-variance model's output [prediction, v] (twice x_t's
+    channels on the last axis) has its predictions guided and the conditional v kept, as in
+    GLIDE (Nichol et al. 2022).
 
     The result is a `jax.tree_util.Partial` whose parameters, scale, rescale and null condition
     are traced: a sampler compiled once serves every guidance scale. Scales may be scalars or

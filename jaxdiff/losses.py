@@ -9,6 +9,12 @@ A model is any function `model_fn(x_t, t, **cond) -> output`, output shaped like
 self-conditioning it must also accept the keyword `x_self_cond` (an x0 estimate shaped like x_t,
 zeros when there is none).
 
+Learned variances (Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models",
+sec. 3.1): a model whose output has twice x_t's channels, [prediction, v] on the last axis,
+trains with `learned_variance=True` on the hybrid loss L_simple + lambda L_vlb, where v sets
+the reverse variance by `learned_range_log_variance` and only the L_vlb term (`hybrid_vlb_term`,
+its mean input gradient-stopped) teaches it.
+
 Classifier-free guidance needs one model that is both conditional and unconditional: with
 `cond_drop_prob` > 0 each example's condition is replaced by `null_cond` (e.g. the null class)
 with that probability (Ho & Salimans 2022, algorithm 1); see `drop_condition`.
@@ -20,15 +26,20 @@ from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import Array
 
-from jaxdiff.diffusion import (check_objective, check_output_shape, model_predictions, q_sample,
+from jaxdiff.diffusion import (check_objective, check_output_shape, learned_range_log_variance,
+                               model_predictions, q_posterior, q_sample, split_learned_variance,
                                target_for)
+from jaxdiff.gaussians import (discretized_gaussian_log_likelihood, gaussian_log_likelihood,
+                               normal_kl)
 from jaxdiff.schedules import Schedule
 
 WEIGHTINGS = ("none", "min_snr", "eps")
 LOSS_TYPES = ("l2", "l1")
 COND_DROP_SCHEDULES = ("constant", "linear")
+DECODERS = ("gaussian", "discretized")
 
 
 def loss_weights(
@@ -128,22 +139,78 @@ def self_condition_input(
     objective: str,
     cond: Mapping[str, Array],
     probability: float = 0.5,
+    learned_variance: bool = False,
 ) -> Array:
     """The x0 estimate fed back to a self-conditioned model during training.
 
     With probability `probability` (per batch, as in Chen et al. 2022) the model first predicts x0
     from x_t with a zero self-condition; that prediction, with its gradient stopped, becomes the
     extra input. Otherwise the input is zeros. `lax.cond` skips the extra forward pass when it is
-    not needed, so self-conditioning costs ~25% more compute on average, not 100%.
+    not needed, so self-conditioning costs ~25% more compute on average, not 100%. With
+    `learned_variance` the model's output is [prediction, v] and the prediction is used.
     """
     zeros = jnp.zeros_like(x_t)
 
     def estimate() -> Array:
         output = model_fn(x_t, t, x_self_cond=zeros, **cond)
+        if learned_variance:
+            output = split_learned_variance(output)[0]
         return jax.lax.stop_gradient(model_predictions(s, output, x_t, t, objective).x0)
 
     use = jax.random.bernoulli(key, probability)
     return jax.lax.cond(use, estimate, lambda: zeros)
+
+
+def check_decoder(decoder: str) -> None:
+    """Raise a ValueError naming `decoder` unless it is one of DECODERS."""
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder={decoder!r}; choose one of {', '.join(DECODERS)}")
+
+
+def hybrid_vlb_term(
+    s: Schedule,
+    prediction: Array,
+    v: Array,
+    x0: Array,
+    x_t: Array,
+    t: Array,
+    *,
+    objective: str = "pred_noise",
+    decoder: str = "gaussian",
+) -> Array:
+    """The variational-bound term L_t of one step, in bits per dimension, [B] (Ho et al. 2020,
+    eq. 5; Nichol & Dhariwal 2021, sec. 3.1, as improved-diffusion's `_vb_terms_bpd`):
+
+      t > 0:  L_t = KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) / (D ln 2)
+      t = 0:  L_0 = -log p(x0 | x_1) / (D ln 2)   (the decoder)
+
+    summed over the D values of an example. p(x_{t-1} | x_t) = N(mu, Sigma): mu is the posterior
+    mean at the x0 that `prediction` (the objective's output, unclipped) implies, and
+    log Sigma = `learned_range_log_variance(s, v, t)`. decoder: "gaussian" (continuous data:
+    log N(x0; mu, Sigma)) or "discretized" (8-bit images in [-1, 1]: the probability of x0's bin,
+    `discretized_gaussian_log_likelihood`).
+
+    prediction, v, x0, x_t: [B, ...]; t: int32 [B]. The gradient reaches `prediction` unless the
+    caller stops it (diffusion_loss does, so that L_vlb teaches only the variance).
+    """
+    check_objective(objective)
+    check_decoder(decoder)
+    batch = x0.shape[0]
+    x0_hat = model_predictions(s, prediction, x_t, t, objective).x0
+    model_mean, _, _ = q_posterior(s, x0_hat, x_t, t)
+    log_variance = learned_range_log_variance(s, v, t)
+    true_mean, _, true_log_variance = q_posterior(s, x0, x_t, t)
+    first = (t == 0).reshape((batch,) + (1,) * (x0.ndim - 1))
+    # Each branch gets a harmless log variance (0) where the other is selected, so a branch that
+    # is not used cannot put an inf or NaN into the gradient (jnp.where differentiates both).
+    kl = normal_kl(true_mean, true_log_variance, model_mean, jnp.where(first, 0.0, log_variance))
+    decoder_log_variance = jnp.where(first, log_variance, 0.0)
+    if decoder == "gaussian":
+        nll = -gaussian_log_likelihood(x0, model_mean, decoder_log_variance)
+    else:
+        nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * decoder_log_variance)
+    terms = jnp.where(first, nll, kl)
+    return terms.reshape(batch, -1).mean(axis=1) / np.log(2.0)
 
 
 def diffusion_loss(
@@ -162,12 +229,25 @@ def diffusion_loss(
     noise: Array | None = None,
     cond_drop_prob=0.0,
     null_cond: Mapping[str, Array] | None = None,
+    learned_variance: bool = False,
+    vlb_weight: float = 0.001,
+    decoder: str = "gaussian",
 ) -> tuple[Array, Array]:
     """Monte-Carlo diffusion loss for a batch x0 of shape [B, ...].
 
     Draws t ~ U{0, ..., T-1} and eps ~ N(0, I) (unless given), forms x_t = q_sample(x0, t, eps)
     and returns (mean loss, per-example losses [B]), where the per-example loss is
     w(t) * mean over non-batch axes of |model_fn(x_t, t) - target|^p, p = 2 ("l2") or 1 ("l1").
+
+    learned_variance: the model returns [prediction, v], twice x_t's channels on the last axis
+      (a shape error otherwise), and the loss is the hybrid loss of Nichol & Dhariwal 2021
+      (eq. 16): L_simple as above on the prediction, plus
+          vlb_weight * T * hybrid_vlb_term(s, stop_gradient(prediction), v, x0, x_t, t),
+      the one-step Monte-Carlo estimate of lambda L_vlb with L_vlb = sum_t L_t in bits per
+      dimension. With lambda = `vlb_weight` = 0.001 this is improved-diffusion's
+      "rescaled MSE" loss (mse + vb * T / 1000). The mean's gradient comes from L_simple alone,
+      v's from L_vlb alone. `decoder` ("gaussian" for continuous data, "discretized" for 8-bit
+      images in [-1, 1]) is L_0's likelihood, see `hybrid_vlb_term`.
 
     With `null_cond`, each example's condition is replaced by it with probability
     `cond_drop_prob` (a number or a traced scalar from `cond_drop_schedule`) before anything
@@ -176,6 +256,10 @@ def diffusion_loss(
     check_objective(objective)
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type={loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+    check_decoder(decoder)
+    if not isinstance(vlb_weight, jax.core.Tracer) and not (np.isfinite(vlb_weight)
+                                                            and vlb_weight >= 0):
+        raise ValueError(f"vlb_weight must be a finite number >= 0, got vlb_weight={vlb_weight!r}")
     cond = dict(cond or {})
     if null_cond is not None:
         key, key_drop = jax.random.split(key)  # only here: runs without dropout keep their keys
@@ -192,14 +276,22 @@ def diffusion_loss(
     x_t = q_sample(s, x0, t, noise)
     if self_condition:
         cond["x_self_cond"] = self_condition_input(
-            model_fn, s, x_t, t, key_self_cond, objective, cond
+            model_fn, s, x_t, t, key_self_cond, objective, cond,
+            learned_variance=learned_variance,
         )
     output = model_fn(x_t, t, **cond)
-    check_output_shape(output, x_t)
-    error = output.astype(jnp.float32) - target_for(objective, s, x0, t, noise)
+    check_output_shape(output, x_t, learned_variance)
+    output = output.astype(jnp.float32)
+    if learned_variance:
+        output, v = split_learned_variance(output)
+    error = output - target_for(objective, s, x0, t, noise)
     error = jnp.square(error) if loss_type == "l2" else jnp.abs(error)
     per_example = error.reshape(batch, -1).mean(axis=1)
     per_example = per_example * loss_weights(s, t, objective, weighting, min_snr_gamma)
+    if learned_variance:
+        vlb = hybrid_vlb_term(s, jax.lax.stop_gradient(output), v, x0, x_t, t,
+                              objective=objective, decoder=decoder)
+        per_example = per_example + vlb_weight * s.timesteps * vlb
     return per_example.mean(), per_example
 
 

@@ -168,6 +168,7 @@ def dpm_solver_sample(
     x_start: Array | None = None,
     t_start: int | None = None,
     self_condition: bool = False,
+    learned_variance: bool = False,
 ):
     """Multistep DPM-Solver++ (Lu et al. 2022, "DPM-Solver++: Fast Solver for Guided Sampling of
     Diffusion Probabilistic Models", algorithms 1-2; data prediction), orders 1, 2 and 3.
@@ -183,9 +184,10 @@ def dpm_solver_sample(
     sigma = 0 returning x0_hat, and `lower_order_final` (see `dpm_solver_orders`).
 
     model_fn, objective, cond, guidance_scale, guidance_rescale, null_cond, self_condition (the
-    previous step's x0 prediction) and progress are as in `ddim_sample`; clip_x0 (default off,
-    as diffusers) clips x0_hat to [-1, 1]. Returns samples of `shape`, or (samples, trajectory
-    [num_steps + 1, *shape], x_T first).
+    previous step's x0 prediction), progress and learned_variance (a [prediction, v] model: the
+    prediction is used) are as in `ddim_sample`; clip_x0 (default off, as diffusers) clips x0_hat
+    to [-1, 1]. Returns samples of `shape`, or (samples, trajectory [num_steps + 1, *shape], x_T
+    first).
 
     SDEdit (`x_start`, `t_start`; t_start static) as in `ddim_sample`: the steps are the times
     `dpm_solver_timesteps(t_start + 1, num_steps, timestep_spacing)`, x_start noised to the
@@ -204,7 +206,7 @@ def dpm_solver_sample(
     check_steps_after_start(num_steps, t_start)
     cond = dict(cond or {})
     model_fn = prepare_model(model_fn, shape, cond, self_condition, guidance_scale,
-                              guidance_rescale, null_cond)
+                             guidance_rescale, null_cond, bool(learned_variance))
     x_T = check_x_T(x_T, shape)
     loop = lambda report, token: _dpm_loop(  # noqa: E731
         model_fn, s, key, x_T, cond, token, x_start, shape=shape, num_steps=int(num_steps),
@@ -307,6 +309,7 @@ def karras_sample(
     x_start: Array | None = None,
     t_start: int | None = None,
     self_condition: bool = False,
+    learned_variance: bool = False,
 ):
     """The EDM sampler of Karras et al. 2022 ("Elucidating the Design Space of Diffusion-Based
     Generative Models", algorithms 1 and 2) on a discrete-time VP model.
@@ -321,7 +324,8 @@ def karras_sample(
     2 num_steps - 1 for "heun".
 
     rho and churn are traced (new values do not recompile). Other arguments as `ddim_sample`
-    (with `self_condition`, the model gets the latest x0 prediction).
+    (with `self_condition`, the model gets the latest x0 prediction; with `learned_variance`,
+    the model's [prediction, v] output gives its prediction).
     Returns samples of `shape`, or (samples, trajectory [num_steps + 1, *shape] in VP space).
 
     SDEdit (`x_start`, `t_start`; t_start static): the sigma grid starts at sigma(t_start)
@@ -341,7 +345,7 @@ def karras_sample(
     x_start, t_start, _, _ = check_editing(s.timesteps, shape, x_start, t_start, None, None)
     cond = dict(cond or {})
     model_fn = prepare_model(model_fn, shape, cond, self_condition, guidance_scale,
-                              guidance_rescale, null_cond)
+                             guidance_rescale, null_cond, bool(learned_variance))
     x_T = check_x_T(x_T, shape)
     rho, churn = jnp.asarray(rho, jnp.float32), jnp.asarray(churn, jnp.float32)
     loop = lambda report, token: _karras_loop(  # noqa: E731

@@ -230,6 +230,9 @@ def sample_model(model_fn, schedule: Schedule, config, shape, *, key, sampler=No
                   progress=progress, x_start=x_start, t_start=t_start, **guidance)
     inpainting = {} if known is None else dict(known=known, mask=mask)
     num_steps = options.steps if steps is None else steps
+    # DDPM samples a learned-variance model with sample.variance "learned_range" (validated
+    # with the config); the other samplers use its prediction half
+    learned = dict(learned_variance=bool(config.model.get("learned_variance", False)))
     try:
         if sampler == "ddpm":
             return ddpm_sample(model_fn, schedule, variance=options.variance,
@@ -240,17 +243,19 @@ def sample_model(model_fn, schedule: Schedule, config, shape, *, key, sampler=No
         if sampler == "ddim":
             return ddim_sample(model_fn, schedule, num_steps=num_steps,
                                eta=options.eta if eta is None else eta,
-                               timestep_spacing=options.timestep_spacing, **inpainting, **common)
+                               timestep_spacing=options.timestep_spacing, **inpainting, **learned,
+                               **common)
         if sampler == "dpm_solver":
             return dpm_solver_sample(
                 model_fn, schedule, num_steps=num_steps,
                 order=sample_option(config, "order") if order is None else order,
                 timestep_spacing=options.timestep_spacing,
-                lower_order_final=sample_option(config, "lower_order_final"), **common)
+                lower_order_final=sample_option(config, "lower_order_final"), **learned,
+                **common)
         return karras_sample(model_fn, schedule, num_steps=num_steps,
                              solver=sample_option(config, "solver") if solver is None else solver,
                              churn=sample_option(config, "churn") if churn is None else churn,
-                             rho=sample_option(config, "rho"), **common)
+                             rho=sample_option(config, "rho"), **learned, **common)
     except ValueError as error:  # the sampler's own argument checks, as a ConfigError
         raise ConfigError(str(error)) from None
 

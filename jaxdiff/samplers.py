@@ -25,6 +25,12 @@ compiled loop, with the scale traced.
 `progress=True` shows a progress bar of the reverse steps, and `progress=callable` calls
 `callable(done, total)` on the host, from inside the compiled loop (`jax.debug.callback`, about
 100 reports per loop); it compiles a variant of the loop once, and never changes the samples.
+
+Learned variances (Nichol & Dhariwal 2021): a model whose output is [prediction, v] (twice x_t's
+channels) samples with `ddpm_sample(..., variance="learned_range")`, or with
+`ddim_sample(..., learned_variance=True)`, which uses the prediction alone. Respaced DDPM
+(`ddpm_sample(..., num_steps=K)`) runs the ancestral sampler of the K-step process through
+K of the T times (improved-diffusion's `SpacedDiffusion`).
 """
 
 from __future__ import annotations
@@ -38,14 +44,15 @@ import numpy as np
 from jax import Array
 
 from jaxdiff.compilation import jit
-from jaxdiff.diffusion import check_objective, extract, model_predictions, q_posterior
+from jaxdiff.diffusion import (check_objective, extract, learned_range_log_variance,
+                               model_predictions, q_posterior, split_learned_variance)
 from jaxdiff.sampling import (START_NOISE, call_model, check_editing, check_num_steps,
                               check_shape, check_steps_after_start, check_x_T, finish, keep_known,
                               noised_start, prepare_model, report_step, run_with_progress,
                               start_noise)
-from jaxdiff.schedules import Schedule
+from jaxdiff.schedules import Schedule, make_schedule
 
-VARIANCES = ("fixed_small", "fixed_large")
+VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
 
 
@@ -77,6 +84,48 @@ def ddim_timesteps(timesteps: int, num_steps: int, spacing: str = "trailing") ->
             times = np.round(np.linspace(0, timesteps - 1, num_steps)).astype(np.int64)
         times = np.concatenate([times[::-1], [-1]])
     return np.stack([times[:-1], times[1:]], axis=1).astype(np.int32)
+
+
+def respaced_timesteps(timesteps: int, num_steps: int) -> np.ndarray:
+    """The K = `num_steps` of the T times that a respaced DDPM keeps, int64 [K] ascending.
+
+    Even spacing as improved-diffusion's `space_timesteps(T, [K])` (one section): the positions
+    0, r, 2 r, ... with r = (T - 1) / (K - 1), accumulated in float64 and rounded half to even
+    (Python's round), so t = 0 and t = T - 1 are kept and K = T keeps every time. K = 1 keeps
+    T - 1 (improved-diffusion keeps 0, whose single step would return the noise unchanged):
+    one step from x_T to the x0 prediction. ValueError naming num_steps unless 1 <= K <= T.
+    """
+    check_num_steps(num_steps, timesteps)
+    if num_steps == 1:
+        return np.asarray([timesteps - 1])
+    stride = (timesteps - 1) / (num_steps - 1)
+    times, position = [], 0.0
+    for _ in range(num_steps):
+        times.append(round(position))
+        position += stride
+    return np.asarray(sorted(set(times)))
+
+
+def respace_schedule(s: Schedule, times) -> Schedule:
+    """The process that visits only `times` (ascending) of `s` (improved-diffusion's
+    `SpacedDiffusion`): beta'_i = 1 - abar[t_i] / abar[t_{i-1}] with abar[t_{-1}] = 1, so that
+    abar'_i = abar[t_i]; every other table (posterior variances, coefficients) follows from
+    these betas (`make_schedule`). Computed in float64 from s's float32 betas and alphas, as
+    1 - exp(sum of log(1 - beta_t) over t_{i-1} < t <= t_i), which keeps small betas to float32
+    precision (1 - a ratio of float32 abar would lose them). Needs a concrete (not traced)
+    schedule."""
+    if isinstance(s.betas, jax.core.Tracer):
+        raise ValueError("respacing (num_steps) needs a concrete schedule, not one traced by jit")
+    times = np.asarray(times)
+    if times.ndim != 1 or times.size < 1 or np.any(np.diff(times) <= 0) or times[0] < 0 or (
+            times[-1] >= s.timesteps):
+        raise ValueError(f"times must be increasing and in [0, T={s.timesteps}), got {times}")
+    betas, alphas = np.asarray(s.betas, np.float64), np.asarray(s.alphas, np.float64)
+    # log(1 - beta) from whichever float32 table holds it more precisely
+    log_alphas = np.where(betas < 0.5, np.log1p(-betas), np.log(alphas))
+    log_alphas_cumprod = np.cumsum(log_alphas)[times]
+    previous = np.concatenate([[0.0], log_alphas_cumprod[:-1]])
+    return make_schedule(-np.expm1(log_alphas_cumprod - previous))
 
 
 def ddpm_timesteps(timesteps: int, t_start: int | None = None, resamples: int = 1,
@@ -124,9 +173,11 @@ def _ddpm_noise_ids(moves: np.ndarray, timesteps: int) -> np.ndarray:
     static_argnames=("shape", "objective", "clip_x0", "variance", "self_condition",
                      "return_trajectory", "report", "t_start", "resamples", "jump_length"),
 )
-def _ddpm_loop(model_fn, s, key, x_T, cond, token, x_start, known, mask, *, shape, objective,
-               clip_x0, variance, self_condition, return_trajectory, report, t_start, resamples,
-               jump_length):
+def _ddpm_loop(model_fn, s, key, x_T, cond, token, x_start, known, mask, model_times, *, shape,
+               objective, clip_x0, variance, self_condition, return_trajectory, report, t_start,
+               resamples, jump_length):
+    # s is the process sampled (respaced or not); model_times[t] the model's time for its step t
+    learned = variance == "learned_range"
     x_T, key = start_noise(key, x_T, shape)
     moves = ddpm_timesteps(s.timesteps, t_start, resamples, jump_length)
     ids = _ddpm_noise_ids(moves, s.timesteps)
@@ -138,13 +189,20 @@ def _ddpm_loop(model_fn, s, key, x_T, cond, token, x_start, known, mask, *, shap
     def reverse(carry, t, t_next, noise_key, done):
         x, x0_prev = carry
         t_batch = jnp.full((shape[0],), t, jnp.int32)
-        output = call_model(model_fn, x, t_batch, cond, x0_prev if self_condition else None)
+        t_model = t_batch if model_times is None else jnp.full((shape[0],), model_times[t],
+                                                                jnp.int32)
+        output = call_model(model_fn, x, t_model, cond, x0_prev if self_condition else None,
+                            learned_variance=learned)
+        if learned:
+            output, v = split_learned_variance(output)
         pred = model_predictions(s, output, x, t_batch, objective, clip_x0)
         mean, posterior_variance, _ = q_posterior(s, pred.x0, x, t_batch)
         if variance == "fixed_small":
             std = jnp.sqrt(posterior_variance)
-        else:
+        elif variance == "fixed_large":
             std = jnp.sqrt(extract(s.betas, t_batch, x.ndim))
+        else:
+            std = jnp.exp(0.5 * learned_range_log_variance(s, v, t_batch))
         noise = jax.random.normal(noise_key, shape, x.dtype)
         x_prev = mean + jnp.where(t > 0, std, 0.0) * noise
         x_prev = keep_known(s, x_prev, known, mask, t_next, jax.random.fold_in(noise_key, 1))
@@ -202,12 +260,25 @@ def ddpm_sample(
     mask: Array | None = None,
     resamples: int = 1,
     jump_length: int = 10,
+    num_steps: int | None = None,
 ):
-    """Ancestral sampling of Ho et al. 2020 (algorithm 2) over all T steps.
+    """Ancestral sampling of Ho et al. 2020 (algorithm 2) over all T steps (or K, `num_steps`).
 
     x_{t-1} = mu(x_t, x0_hat) + sigma_t z, z ~ N(0, I), with mu the posterior mean of
     `q_posterior` evaluated at the model's x0 estimate, sigma_t^2 the posterior variance
-    ("fixed_small") or beta_t ("fixed_large"), and no noise at t = 0.
+    ("fixed_small"), beta_t ("fixed_large") or the model's own ("learned_range": Nichol &
+    Dhariwal 2021, eq. 15, exp(`learned_range_log_variance`) of the v the model returns), and no
+    noise at t = 0. With "learned_range" the model returns [prediction, v], twice x_t's channels
+    on the last axis, and the prediction gives mu; a model without v is a ValueError ("learned
+    variance asked of a model without it"), as is a [prediction, v] model with a fixed variance.
+
+    num_steps: None (every step) or K in [1, T]: respaced DDPM (Nichol & Dhariwal 2021,
+      sec. 4; improved-diffusion's `SpacedDiffusion`): the ancestral sampler of the K-step
+      process through the times t_0 < ... < t_{K-1} of `respaced_timesteps(T, K)`, whose
+      betas are beta'_i = 1 - abar[t_i] / abar[t_{i-1}] (`respace_schedule`); the model is
+      called at the original times t_i, and "fixed_small", "fixed_large" and "learned_range"
+      use the respaced tables (the learned range spans beta'_i and its posterior variance).
+      K = T is plain DDPM, bit for bit. Static (each K compiles once); needs a concrete schedule.
 
     model_fn: `model_fn(x_t, t, **cond)`, x_t float32 `shape`, t int32 [B] in [0, T), returning
       an array shaped like x_t (what `objective` names). Any callable (see the module docstring):
@@ -215,9 +286,10 @@ def ddpm_sample(
     clip_x0: clip the x0 estimate to [-1, 1] at every step (and re-derive eps from the clipped
       x0), as denoising-diffusion-pytorch does for images in [-1, 1]. Turn it off for data not
       bounded by [-1, 1], such as standardised points: there it clamps every sample into a box.
-    Returns samples of `shape`, or (samples, trajectory) with trajectory [T + 1, *shape] holding
-    x_T, x_{T-1}, ..., x_0 when `return_trajectory`. `cond` holds extra model inputs (e.g.
-    class labels) passed as keywords to `model_fn`. `progress`: see the module docstring.
+    Returns samples of `shape`, or (samples, trajectory) with trajectory [T + 1, *shape] (K + 1
+    respaced) holding x_T, x_{T-1}, ..., x_0 when `return_trajectory`. `cond` holds extra model
+    inputs (e.g. class labels) passed as keywords to `model_fn`. `progress`: see the module
+    docstring.
 
     Classifier-free guidance: with `guidance_scale` s (a number or one per example; traced, so
     new scales do not recompile) every step uses `classifier_free_guidance(model_fn, s,
@@ -227,13 +299,16 @@ def ddpm_sample(
     Editing (model-space data, broadcast to `shape`; `t_start`, `resamples` and `jump_length`
     are static: each value compiles once):
       SDEdit (Meng et al. 2022): `x_start` noised to `t_start` by q(x_t | x_start), with x_T as
-        the noise, then the reverse steps t_start, ..., 0 (t_start + 1 model calls).
+        the noise, then the reverse steps t_start, ..., 0 (t_start + 1 model calls). With
+        `num_steps` K <= t_start + 1, the K steps are respaced over [0, t_start] (the times
+        `respaced_timesteps(t_start + 1, K)`, starting at t_start) as DDIM spreads its steps.
       Inpainting: `known` and `mask` (1 where known, broadcastable to `shape`): after every
         reverse step to t the known part is replaced by a fresh draw of q(x_t | known), and by
         `known` itself at the end, so known values come back exactly where mask = 1.
         `resamples` r > 1 adds RePaint's resampling (Lugmayr et al. 2022): every stretch of
         `jump_length` steps is noised forward again and re-denoised, r times in all, which
         harmonises the generated part with the known part (about r times the model calls).
+        Respaced, both act on the K-step process: `jump_length` counts its steps.
     """
     check_objective(objective)
     if variance not in VARIANCES:
@@ -241,6 +316,15 @@ def ddpm_sample(
     shape = check_shape(shape)
     x_start, t_start, known, mask = check_editing(s.timesteps, shape, x_start, t_start, known,
                                                   mask)
+    model_times = None
+    if num_steps is not None:
+        check_num_steps(num_steps, s.timesteps)
+        check_steps_after_start(num_steps, t_start)
+        span = s.timesteps if t_start is None else t_start + 1
+        if num_steps != span:  # K = T (t_start + 1 with SDEdit) is plain DDPM: s as it is
+            times = respaced_timesteps(span, int(num_steps))
+            s, model_times = respace_schedule(s, times), jnp.asarray(times, jnp.int32)
+            t_start = None if t_start is None else int(num_steps) - 1
     for name, value in (("resamples", resamples), ("jump_length", jump_length)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {name}={value!r}")
@@ -253,7 +337,7 @@ def ddpm_sample(
     x_T = check_x_T(x_T, shape)
     moves = ddpm_timesteps(s.timesteps, t_start, int(resamples), int(jump_length))
     loop = lambda report, token: _ddpm_loop(  # noqa: E731
-        model_fn, s, key, x_T, cond, token, x_start, known, mask, shape=shape,
+        model_fn, s, key, x_T, cond, token, x_start, known, mask, model_times, shape=shape,
         objective=objective, clip_x0=bool(clip_x0), variance=variance,
         self_condition=bool(self_condition), return_trajectory=bool(return_trajectory),
         report=report, t_start=t_start, resamples=int(resamples), jump_length=int(jump_length),
@@ -346,6 +430,7 @@ def ddim_sample(
     t_start: int | None = None,
     known: Array | None = None,
     mask: Array | None = None,
+    learned_variance: bool = False,
 ):
     """DDIM sampling (Song et al. 2021, eq. 12) on `num_steps` of the T training times.
 
@@ -366,6 +451,9 @@ def ddim_sample(
     num_steps <= t_start + 1; inpainting (`known`, `mask`) puts a fresh draw of
     q(x_t_next | known) back into the known part after every step (with eta = 0 too: that
     noise keeps the known part at the right noise level), and `known` itself at the end.
+
+    learned_variance: the model returns [prediction, v] (Nichol & Dhariwal 2021, twice x_t's
+    channels on the last axis); DDIM uses the prediction and ignores v, as improved-diffusion.
     """
     check_objective(objective)
     check_num_steps(num_steps, s.timesteps)
@@ -383,7 +471,7 @@ def ddim_sample(
     check_steps_after_start(num_steps, t_start)
     cond = dict(cond or {})
     model_fn = prepare_model(model_fn, shape, cond, self_condition, guidance_scale,
-                              guidance_rescale, null_cond)
+                             guidance_rescale, null_cond, bool(learned_variance))
     x_T, eta = check_x_T(x_T, shape), jnp.asarray(eta, jnp.float32)
     loop = lambda report, token: _ddim_loop(  # noqa: E731
         model_fn, s, key, x_T, cond, eta, token, x_start, known, mask, shape=shape,

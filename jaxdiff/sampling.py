@@ -6,6 +6,14 @@ Editing (SDEdit and inpainting) is shared too: `check_editing` validates the inp
 a loop `noised_start` starts from data noised to a time and `keep_known` puts the known values,
 noised to the current time, back after every step.
 
+Learned variances (Nichol & Dhariwal 2021): a model trained with `learned_variance` returns
+[prediction, v], twice x_t's channels on the last axis. `call_model(..., learned_variance=True)`
+checks that shape and returns the whole output (ancestral DDPM splits it and uses v), and
+`prepare_model(..., learned_variance=True)` wraps the model so that it returns the prediction
+alone (the samplers that need no variance: DDIM, DPM-Solver++, Karras, as improved-diffusion's
+DDIM does), so their loops are unchanged. Either way the shape is checked at trace time and the
+one-line error says which of the two was expected.
+
 Progress: the compiled loop passes a traced token to `jax.debug.callback`, and the host looks up
 the handler registered for that token, so a new handler never recompiles the loop.
 """
@@ -22,7 +30,7 @@ import numpy as np
 from jax import Array
 
 from jaxdiff.compilation import trace_captured_arrays
-from jaxdiff.diffusion import check_output_shape
+from jaxdiff.diffusion import check_output_shape, split_learned_variance
 from jaxdiff.guidance import _guided_model_fn
 
 
@@ -125,25 +133,37 @@ def keep_known(s, x, known, mask, t, key):
     return mask * noisy + (1.0 - mask) * x
 
 
-def call_model(model_fn, x, t_batch, cond, x_self_cond=None):
-    """`model_fn(x, t_batch, **cond[, x_self_cond])`, its output shape checked against x."""
+def call_model(model_fn, x, t_batch, cond, x_self_cond=None, learned_variance=False):
+    """`model_fn(x, t_batch, **cond[, x_self_cond])`, its output shape checked against x (with
+    the last axis doubled when `learned_variance`: [prediction, v])."""
     kwargs = dict(cond)
     if x_self_cond is not None:
         kwargs["x_self_cond"] = x_self_cond
     output = model_fn(x, t_batch, **kwargs)
-    check_output_shape(output, x)
+    check_output_shape(output, x, learned_variance)
     return output
 
 
+def _prediction_of(model_fn, x, t, **kwargs):
+    """A learned-variance model's prediction half, its [prediction, v] shape checked."""
+    output = model_fn(x, t, **kwargs)
+    check_output_shape(output, x, learned_variance=True)
+    return split_learned_variance(output)[0]
+
+
 def prepare_model(model_fn, shape, cond, self_condition, guidance_scale, guidance_rescale,
-                   null_cond):
-    """The model as a pytree with every captured array traced (guided when given a scale)."""
+                  null_cond, learned_variance=False):
+    """The model as a pytree with every captured array traced (guided when given a scale); with
+    `learned_variance` it returns the prediction half of the model's [prediction, v] output."""
     model_fn = _guided_model_fn(model_fn, cond, shape, guidance_scale, guidance_rescale, null_cond)
     example = dict(cond)
     if self_condition:
         example["x_self_cond"] = jax.ShapeDtypeStruct(shape, jnp.float32)
-    return trace_captured_arrays(model_fn, jax.ShapeDtypeStruct(shape, jnp.float32),
-                                 jax.ShapeDtypeStruct(shape[:1], jnp.int32), **example)
+    model_fn = trace_captured_arrays(model_fn, jax.ShapeDtypeStruct(shape, jnp.float32),
+                                     jax.ShapeDtypeStruct(shape[:1], jnp.int32), **example)
+    if learned_variance:
+        return jax.tree_util.Partial(_prediction_of, model_fn)
+    return model_fn
 
 
 _PROGRESS_HANDLERS: dict[int, Callable[[int, int], None]] = {}

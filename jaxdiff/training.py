@@ -31,6 +31,7 @@ import optax
 from jax import Array
 
 from jaxdiff.compilation import jit
+from jaxdiff.config import is_image_config
 from jaxdiff.losses import cond_drop_schedule, diffusion_loss
 from jaxdiff.schedules import Schedule, make_schedule
 
@@ -271,13 +272,18 @@ def build_learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
 
 def loss_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """`diffusion_loss` arguments; with label dropout also `null_cond` (the null class) and
-    `cond_drop_prob` (a constant, or a schedule of the step that the train step evaluates)."""
+    `cond_drop_prob` (a constant, or a schedule of the step that the train step evaluates); with
+    `model.learned_variance` the hybrid loss (`learned_variance=True`) and its decoder,
+    "discretized" for 8-bit image data and "gaussian" for points."""
     diffusion = config.diffusion
     kwargs = dict(
         objective=diffusion.objective, loss_type=diffusion.loss_type,
         weighting=diffusion.weighting, min_snr_gamma=float(diffusion.min_snr_gamma),
         self_condition=config.model.self_condition,
     )
+    if config.model.get("learned_variance", False):
+        kwargs["learned_variance"] = True
+        kwargs["decoder"] = "discretized" if is_image_config(config) else "gaussian"
     num_classes = config.model.num_classes
     probability = float(config.model.get("cond_drop_prob", 0.0))
     kind = config.get("train", {}).get("cond_drop_schedule", "constant")

@@ -44,7 +44,7 @@ TINY_TOY = {
     "train.steps": 12, "train.batch_size": 32, "train.log_every": 4, "train.checkpoint_every": 5,
     "optim.warmup_steps": 2,
     "sample.steps": 5,
-    "eval.num_samples": 50, "eval.plots": False,
+    "eval.num_samples": 50, "eval.plots": False, "eval.likelihood_examples": 50,
 }
 
 

@@ -182,3 +182,34 @@ def compose(steps):
 def uint8_levels(x):
     """Model space [-1, 1] back to 0..255 by the definition x = u / 127.5 - 1."""
     return np.round((np.asarray(x, np.float64) + 1.0) * 127.5).astype(np.int64)
+
+
+# --- respaced DDPM and learned variances --------------------------------------------------------
+#
+# Respacing (Nichol & Dhariwal 2021, sec. 4): the process that keeps only the times
+# t_0 < ... < t_{K-1} has betas' beta'_i = 1 - abar[t_i] / abar[t_{i-1}] (abar[t_{-1}] = 1), so
+# abar'_i = abar[t_i], and its ancestral sampler calls the model at the original t_i. A learned
+# variance (eq. 15) is log Sigma = f log beta_t + (1 - f) log beta~_t, with f = (v + 1) / 2.
+
+def respaced_ddpm_steps(variance, mu, sd, timesteps, times, fraction=0.5):
+    """[(A, B, sigma^2)] of ancestral DDPM on the linear T-step schedule respaced to the
+    ascending `times`, i = K-1 .. 0, with the exact denoiser of N(mu, sd^2) at abar[t_i].
+    variance: "fixed_small" (beta~'), "fixed_large" (beta') or "learned_range" (the constant
+    interpolation `fraction` f between them, in log space); no noise at the last step."""
+    abar = alphas_cumprod("linear", timesteps)[np.asarray(times)]
+    table = tables(1.0 - abar / np.concatenate([[1.0], abar[:-1]]))
+    steps = []
+    for i in range(len(times) - 1, -1, -1):
+        g, h = denoiser(abar[i], mu, sd)
+        coef1, coef2 = table["posterior_mean_coef1"][i], table["posterior_mean_coef2"][i]
+        small, large = table["posterior_variance"][i], table["betas"][i]
+        if i == 0:
+            sigma2 = 0.0
+        elif variance == "fixed_small":
+            sigma2 = small
+        elif variance == "fixed_large":
+            sigma2 = large
+        else:
+            sigma2 = np.exp(fraction * np.log(large) + (1.0 - fraction) * np.log(small))
+        steps.append((coef1 * g + coef2, coef1 * h, sigma2 * np.ones_like(mu)))
+    return steps

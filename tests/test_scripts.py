@@ -504,3 +504,26 @@ def test_workdir_of_a_different_config_needs_force(toy_run, files):
 
 def test_at_least_thirty_distinct_cases():
     assert len({case for case, *_ in TRAIN_CASES + SAMPLE_CASES}) + 1 >= 30
+
+
+def test_likelihood_in_the_evaluation_and_as_a_command(toy_run, tmp_path):
+    """train.py's report holds the held-out VLB and ODE nats/dim; the command recomputes them
+    for the run (same seed: the same figures) and writes its JSON."""
+    import json
+
+    with open(os.path.join(toy_run, "eval.json")) as handle:
+        report = json.load(handle)
+    assert report["likelihood_data"] == "held-out points" and report["likelihood_examples"] == 50
+    assert np.isfinite(report["vlb_nats_per_dim"]) and np.isfinite(report["ode_nats_per_dim"])
+    out = tmp_path / "likelihood.json"
+    result = run_script("-m", "jaxdiff.cli.likelihood", "--workdir", toy_run, "--num_examples",
+                        "50", "--seed", "0", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "VLB" in result.stdout and "nats/dim" in result.stdout
+    with open(out) as handle:
+        again = json.load(handle)
+    assert again["step"] == report["step"]
+    for name in ("vlb_nats_per_dim", "ode_nats_per_dim"):
+        assert np.isfinite(again[name])
+    bad = run_script("-m", "jaxdiff.cli.likelihood", "--workdir", toy_run, "--num_examples", "0")
+    assert bad.returncode == 2 and "--num_examples=0" in bad.stderr

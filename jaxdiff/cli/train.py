@@ -80,8 +80,15 @@ def format_report(report: dict) -> str:
         quality = f"FID {report['fid']:.2f} over {int(report['fid_num_images'])} samples"
     else:
         quality = "samples written"
-    return (f"step {report['step']}: {quality}; {report['num_samples']} samples by "
+    line = (f"step {report['step']}: {quality}; {report['num_samples']} samples by "
             f"{report['sampler']} in {report['sample_seconds']:.1f} s")
+    for unit in ("bits", "nats"):
+        if f"vlb_{unit}_per_dim" in report:
+            ode = report.get(f"ode_{unit}_per_dim")
+            line += (f"; {report['likelihood_data']} ({report['likelihood_examples']}): VLB "
+                     f"{report[f'vlb_{unit}_per_dim']:.3f}, ODE "
+                     f"{'failed' if ode is None else f'{ode:.3f}'} {unit}/dim")
+    return line
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.num_classes = 0
     config.model.cond_drop_prob = 0.0  # label dropout for classifier-free guidance
     config.model.self_condition = False
+    config.model.learned_variance = False  # [prediction, v] output, hybrid loss (improved DDPM)
 
     add_training_sections(config)  # shared with the image configs; point-data changes:
     config.diffusion.schedule = "linear"
@@ -50,6 +51,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.eval.num_samples = 5_000
     config.eval.plots = True
     config.eval.sample_every = 0  # > 0: a scatter picture of samples in TensorBoard every N steps
+    config.eval.likelihood = True  # held-out nats/dim: the VLB and the probability-flow ODE
+    config.eval.likelihood_examples = 1_000
 
     if arg == "quick":
         config.train.steps = 300
@@ -57,6 +60,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.train.checkpoint_every = 100
         config.optim.warmup_steps = 50
         config.eval.num_samples = 1_000
+        config.eval.likelihood_examples = 200
     elif arg:
         raise ValueError(f"unknown config argument {arg!r}; use 'quick' or nothing")
     return config

@@ -20,11 +20,13 @@ from jaxdiff.models.unet import Unet
 def build_model(config):
     """The Flax denoiser described by `config.model` (and the data's channels)."""
     model = config.model
+    learned_variance = bool(model.get("learned_variance", False))  # absent in older configs
     if model.name == "mlp":
         return MLPDenoiser(
             hidden=model.hidden, depth=model.depth, time_dim=model.time_dim,
             num_classes=model.num_classes, self_condition=model.self_condition,
             dropout=model.dropout, fourier_features=model.get("fourier_features", 0),
+            learned_variance=learned_variance,
         )
     dtype = jnp.bfloat16 if model.get("dtype", "float32") == "bfloat16" else jnp.float32
     if model.name == "ddpm_unet":
@@ -33,6 +35,7 @@ def build_model(config):
             attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
             channels=config.data.channels, num_classes=model.num_classes,
             self_condition=model.self_condition, dtype=dtype, param_dtype=jnp.float32,
+            learned_variance=learned_variance,
         )
     return Unet(
         dim=model.dim, dim_mults=tuple(model.dim_mults), channels=config.data.channels,
@@ -40,5 +43,5 @@ def build_model(config):
         num_classes=model.num_classes,
         learned_sinusoidal_cond=model.get("learned_sinusoidal_cond", False),
         resnet_block_groups=model.get("resnet_block_groups", 8),
-        dtype=dtype, param_dtype=jnp.float32,
+        dtype=dtype, param_dtype=jnp.float32, learned_variance=learned_variance,
     )

@@ -90,6 +90,7 @@ class DDPMUnet(nn.Module):
     `num_res_blocks + 1` blocks, each taking one skip, nearest x2 + 3x3 conv upsample except at the
     first level -> swish(GroupNorm) -> conv_out (starts at ~0). Time: sinusoidal(ch) -> Dense(4 ch)
     -> swish -> Dense(4 ch); `num_classes > 0` adds a label embedding (null class for labels=None).
+    `learned_variance` doubles conv_out's channels: [prediction, v] (Nichol & Dhariwal 2021).
     """
 
     ch: int = 128
@@ -102,6 +103,7 @@ class DDPMUnet(nn.Module):
     self_condition: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    learned_variance: bool = False
 
     @nn.compact
     def __call__(self, x: Array, t: Array, *, x_self_cond: Array | None = None,
@@ -150,6 +152,7 @@ class DDPMUnet(nn.Module):
                             name=f"up_{level}_upsample", **kwargs)(_upsample_nearest(h))
 
         h = nn.swish(GroupNorm(32, epsilon=1e-6, name="norm_out", **kwargs)(h))
-        out = nn.Conv(self.channels, (3, 3), kernel_init=_ddpm_init(0.0), name="conv_out",
+        out_channels = self.channels * (2 if self.learned_variance else 1)
+        out = nn.Conv(out_channels, (3, 3), kernel_init=_ddpm_init(0.0), name="conv_out",
                       **kwargs)(h)
         return out.astype(jnp.float32)

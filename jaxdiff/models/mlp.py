@@ -40,7 +40,9 @@ class ResidualBlock(nn.Module):
 class MLPDenoiser(nn.Module):
     """Denoiser for [B, D] points: `apply(params, x_t, t, x_self_cond=None, labels=None)`.
 
-    The output has the shape of x_t and means whatever the training objective says (eps, x0 or v).
+    The output has the shape of x_t and means whatever the training objective says (eps, x0 or v);
+    with `learned_variance` it has twice x_t's features, [prediction, v] (Nichol & Dhariwal 2021:
+    v interpolates the reverse log variance, see `jaxdiff.diffusion.learned_range_log_variance`).
     `num_classes > 0` adds a label embedding (with a null class) to the time embedding;
     `self_condition` concatenates the previous x0 estimate to the input (zeros if absent).
     """
@@ -53,6 +55,7 @@ class MLPDenoiser(nn.Module):
     dropout: float = 0.0
     fourier_features: int = 0
     dtype: jnp.dtype = jnp.float32
+    learned_variance: bool = False
 
     @nn.compact
     def __call__(self, x: Array, t: Array, *, x_self_cond: Array | None = None,
@@ -71,5 +74,6 @@ class MLPDenoiser(nn.Module):
         for _ in range(self.depth):
             h = ResidualBlock(self.hidden, self.dropout, dtype=self.dtype)(h, emb, train)
         h = nn.silu(h)
-        out = nn.Dense(x.shape[-1], dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
+        features = x.shape[-1] * (2 if self.learned_variance else 1)
+        out = nn.Dense(features, dtype=self.dtype, kernel_init=nn.initializers.zeros)(h)
         return out.astype(x.dtype)

@@ -39,6 +39,9 @@ class Unet(nn.Module):
     features) -> Dense(4 dim) -> GELU -> Dense(4 dim), plus a label embedding when
     `num_classes > 0` (labels=None uses the null class `num_classes`).
 
+    `learned_variance` doubles the default output channels ([prediction, v], Nichol & Dhariwal
+    2021), as lucidrains' `learned_variance`; an explicit `out_dim` wins.
+
     Differences from lucidrains: `resnet_block_groups=None` selects the RMSNorm of its 2.x
     Blocks, an int the GroupNorm of its 1.x (the default, 8 groups); self-conditioning concatenates
     [x, x_self_cond] (lucidrains puts x_self_cond first).
@@ -62,6 +65,7 @@ class Unet(nn.Module):
     num_classes: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    learned_variance: bool = False
 
     @nn.compact
     def __call__(self, x: Array, t: Array, *, x_self_cond: Array | None = None,
@@ -133,5 +137,6 @@ class Unet(nn.Module):
 
         h = resnet_block(init_dim, "final_res_block")(
             jnp.concatenate([h, init_features], axis=-1), emb, train)
-        out = Conv1x1(self.out_dim or self.channels, name="final_conv", **kwargs)(h)
+        out_dim = self.out_dim or self.channels * (2 if self.learned_variance else 1)
+        out = Conv1x1(out_dim, name="final_conv", **kwargs)(h)
         return out.astype(jnp.float32)
