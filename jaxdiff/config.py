@@ -32,8 +32,9 @@ sample    sampler: ddpm (variance: fixed_small, fixed_large, or learned_range fo
           SDEdit start time sample.py uses with --init; -1: none)
 eval      num_samples (at the end of training), likelihood (held-out VLB and probability-flow
           bits/dim, nats/dim for points) on likelihood_examples held-out examples, plots,
-          sample_every (grids during training, 0: never), inception_path (pytorch-fid's weight file: FID against the training data
-          when given), guidance_scales (conditional models: accuracy / FD per scale)
+          sample_every (grids during training, 0: never), inception_path (pytorch-fid's
+          weight file: FID against the training data when given), guidance_scales
+          (conditional models: accuracy / FD per scale)
 conditioning  model.num_classes > 0 with model.cond_drop_prob (label dropout, on
           train.cond_drop_schedule "constant" or "linear" from train.cond_drop_start), and
           sample.guidance_scale / guidance_rescale (classifier-free guidance)
