@@ -41,8 +41,8 @@ from jaxdiff.compilation import jit
 from jaxdiff.diffusion import (check_objective, extract, learned_range_log_variance,
                                log_posterior_variance, model_predictions, q_posterior,
                                split_learned_variance)
-from jaxdiff.gaussians import (BIN_WIDTH, discretized_gaussian_log_likelihood,
-                               gaussian_log_likelihood, normal_kl)
+from jaxdiff.gaussians import BIN_WIDTH, normal_kl
+from jaxdiff.losses import vlb_term
 from jaxdiff.ode_samplers import _x0_from_output, sigma_to_t, sigmas_of
 from jaxdiff.sampling import call_model, check_shape, prepare_model
 from jaxdiff.schedules import Schedule
@@ -96,14 +96,7 @@ def _vlb_terms(model_fn, s, x0, key, cond, *, objective, variance, decoder, clip
         pred = model_predictions(s, output, x_t, t_batch, objective, clip_x0)
         model_mean, _, _ = q_posterior(s, pred.x0, x_t, t_batch)
         model_log_variance = _model_log_variance(s, variance, t_batch, x0.ndim, v)
-        true_mean, _, true_log_variance = q_posterior(s, x0, x_t, t_batch)
-        kl = _sum_per_example(normal_kl(true_mean, true_log_variance, model_mean,
-                                        model_log_variance))
-        if decoder == "discretized":
-            log_p = discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_variance)
-        else:
-            log_p = gaussian_log_likelihood(x0, model_mean, model_log_variance)
-        return jnp.where(t == 0, -_sum_per_example(log_p), kl)
+        return vlb_term(s, x0, x_t, t_batch, model_mean, model_log_variance, decoder)
 
     terms = jax.lax.map(term, jnp.arange(s.timesteps, dtype=jnp.int32))  # [T, B]
     return terms.T

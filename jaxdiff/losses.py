@@ -195,22 +195,31 @@ def hybrid_vlb_term(
     """
     check_objective(objective)
     check_decoder(decoder)
-    batch = x0.shape[0]
     x0_hat = model_predictions(s, prediction, x_t, t, objective).x0
     model_mean, _, _ = q_posterior(s, x0_hat, x_t, t)
-    log_variance = learned_range_log_variance(s, v, t)
+    terms = vlb_term(s, x0, x_t, t, model_mean, learned_range_log_variance(s, v, t), decoder)
+    return terms / (np.prod(x0.shape[1:]) * np.log(2.0))
+
+
+def vlb_term(s: Schedule, x0: Array, x_t: Array, t: Array, model_mean: Array,
+             model_log_variance: Array, decoder: str) -> Array:
+    """One step's variational-bound term per example, in nats, [B]: for t > 0 the KL of
+    q(x_{t-1} | x_t, x0) from p(x_{t-1} | x_t) = N(model_mean, exp(model_log_variance)), for
+    t = 0 the decoder's -log p(x0 | x_0), summed over the example's values (t: int32 [B]).
+    Shared by the hybrid loss and `jaxdiff.likelihood.vlb`."""
+    batch = x0.shape[0]
     true_mean, _, true_log_variance = q_posterior(s, x0, x_t, t)
     first = (t == 0).reshape((batch,) + (1,) * (x0.ndim - 1))
     # Each branch gets a harmless log variance (0) where the other is selected, so a branch that
     # is not used cannot put an inf or NaN into the gradient (jnp.where differentiates both).
-    kl = normal_kl(true_mean, true_log_variance, model_mean, jnp.where(first, 0.0, log_variance))
-    decoder_log_variance = jnp.where(first, log_variance, 0.0)
+    kl = normal_kl(true_mean, true_log_variance, model_mean,
+                   jnp.where(first, 0.0, model_log_variance))
+    decoder_log_variance = jnp.where(first, model_log_variance, 0.0)
     if decoder == "gaussian":
         nll = -gaussian_log_likelihood(x0, model_mean, decoder_log_variance)
     else:
         nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * decoder_log_variance)
-    terms = jnp.where(first, nll, kl)
-    return terms.reshape(batch, -1).mean(axis=1) / np.log(2.0)
+    return jnp.sum(jnp.where(first, nll, kl).reshape(batch, -1), axis=1)
 
 
 def diffusion_loss(

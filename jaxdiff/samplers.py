@@ -50,7 +50,7 @@ from jaxdiff.sampling import (START_NOISE, call_model, check_editing, check_num_
                               check_shape, check_steps_after_start, check_x_T, finish, keep_known,
                               noised_start, prepare_model, report_step, run_with_progress,
                               start_noise)
-from jaxdiff.schedules import Schedule, make_schedule
+from jaxdiff.schedules import Schedule, respace_schedule, respaced_timesteps
 
 VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
@@ -84,48 +84,6 @@ def ddim_timesteps(timesteps: int, num_steps: int, spacing: str = "trailing") ->
             times = np.round(np.linspace(0, timesteps - 1, num_steps)).astype(np.int64)
         times = np.concatenate([times[::-1], [-1]])
     return np.stack([times[:-1], times[1:]], axis=1).astype(np.int32)
-
-
-def respaced_timesteps(timesteps: int, num_steps: int) -> np.ndarray:
-    """The K = `num_steps` of the T times that a respaced DDPM keeps, int64 [K] ascending.
-
-    Even spacing as improved-diffusion's `space_timesteps(T, [K])` (one section): the positions
-    0, r, 2 r, ... with r = (T - 1) / (K - 1), accumulated in float64 and rounded half to even
-    (Python's round), so t = 0 and t = T - 1 are kept and K = T keeps every time. K = 1 keeps
-    T - 1 (improved-diffusion keeps 0, whose single step would return the noise unchanged):
-    one step from x_T to the x0 prediction. ValueError naming num_steps unless 1 <= K <= T.
-    """
-    check_num_steps(num_steps, timesteps)
-    if num_steps == 1:
-        return np.asarray([timesteps - 1])
-    stride = (timesteps - 1) / (num_steps - 1)
-    times, position = [], 0.0
-    for _ in range(num_steps):
-        times.append(round(position))
-        position += stride
-    return np.asarray(sorted(set(times)))
-
-
-def respace_schedule(s: Schedule, times) -> Schedule:
-    """The process that visits only `times` (ascending) of `s` (improved-diffusion's
-    `SpacedDiffusion`): beta'_i = 1 - abar[t_i] / abar[t_{i-1}] with abar[t_{-1}] = 1, so that
-    abar'_i = abar[t_i]; every other table (posterior variances, coefficients) follows from
-    these betas (`make_schedule`). Computed in float64 from s's float32 betas and alphas, as
-    1 - exp(sum of log(1 - beta_t) over t_{i-1} < t <= t_i), which keeps small betas to float32
-    precision (1 - a ratio of float32 abar would lose them). Needs a concrete (not traced)
-    schedule."""
-    if isinstance(s.betas, jax.core.Tracer):
-        raise ValueError("respacing (num_steps) needs a concrete schedule, not one traced by jit")
-    times = np.asarray(times)
-    if times.ndim != 1 or times.size < 1 or np.any(np.diff(times) <= 0) or times[0] < 0 or (
-            times[-1] >= s.timesteps):
-        raise ValueError(f"times must be increasing and in [0, T={s.timesteps}), got {times}")
-    betas, alphas = np.asarray(s.betas, np.float64), np.asarray(s.alphas, np.float64)
-    # log(1 - beta) from whichever float32 table holds it more precisely
-    log_alphas = np.where(betas < 0.5, np.log1p(-betas), np.log(alphas))
-    log_alphas_cumprod = np.cumsum(log_alphas)[times]
-    previous = np.concatenate([[0.0], log_alphas_cumprod[:-1]])
-    return make_schedule(-np.expm1(log_alphas_cumprod - previous))
 
 
 def ddpm_timesteps(timesteps: int, t_start: int | None = None, resamples: int = 1,

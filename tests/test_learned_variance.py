@@ -31,7 +31,7 @@ import jaxdiff
 from jaxdiff.gaussians import (discretized_gaussian_log_likelihood, gaussian_log_likelihood,
                                normal_kl)
 from jaxdiff.models import DDPMUnet, MLPDenoiser, Unet
-from jaxdiff.samplers import respace_schedule, respaced_timesteps
+from jaxdiff.schedules import respace_schedule, respaced_timesteps
 
 import oracles
 from helpers import one_line, tiny_toy_config
