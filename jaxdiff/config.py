@@ -13,7 +13,9 @@ data      name (a TFDS set, "digits", or "folder"), path (folder), data_dir (TFD
           for the default), split, image_size, channels, random_flip, strict (corrupt folder
           files are fatal instead of skipped)
 model     name "unet" (denoising-diffusion-pytorch's Unet: dim, dim_mults, resnet_block_groups,
-          learned_sinusoidal_cond) or "ddpm_unet" (Ho et al.'s CIFAR-10 net: dim is its ch,
+          learned_sinusoidal_cond, random_fourier_features, learned_sinusoidal_dim,
+          sinusoidal_pos_emb_theta, init_dim, attn_heads, attn_dim_head, full_attn,
+          self_cond_first: the self-conditioning channel order) or "ddpm_unet" (Ho et al.'s CIFAR-10 net: dim is its ch,
           dim_mults its ch_mult, num_res_blocks, attn_resolutions); dropout, num_classes
           (0: unconditional), self_condition, dtype (bfloat16: bf16 compute, float32 params),
           learned_variance (the model also outputs v, the interpolation of its reverse
@@ -119,6 +121,13 @@ def _require(config, field: str, ok, allowed: str) -> None:
         raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")
 
 
+def _per_stage(value, config, ok) -> bool:
+    """One value for every U-Net stage, or a tuple with one per dim_mults entry."""
+    if isinstance(value, (tuple, list)):
+        return len(value) == len(config.model.dim_mults) and all(ok(v) for v in value)
+    return ok(value)
+
+
 def is_image_config(config) -> bool:
     return config.data.name not in POINT_SETS
 
@@ -170,6 +179,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("model.self_condition", *boolean),
         ("model.learned_variance", *boolean),
         ("model.learned_sinusoidal_cond", *boolean),
+        ("model.random_fourier_features", *boolean),
+        ("model.learned_sinusoidal_dim", lambda v: _is_int(v) and v >= 2 and v % 2 == 0,
+         "an even integer >= 2"),
+        ("model.sinusoidal_pos_emb_theta", lambda v: _is_number(v) and v > 1, "a number > 1"),
+        ("model.init_dim", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: model.dim)"),
+        ("model.self_cond_first", *boolean),
+        ("model.attn_heads", lambda v: _per_stage(v, config, lambda h: _is_int(h) and h >= 1),
+         "an integer >= 1, or a tuple of them, one per dim_mults entry"),
+        ("model.attn_dim_head", lambda v: _per_stage(v, config, lambda h: _is_int(h) and h >= 1),
+         "an integer >= 1, or a tuple of them, one per dim_mults entry"),
+        ("model.full_attn", lambda v: not isinstance(v, str) and (
+            len(v) == 0 or _per_stage(tuple(v), config, lambda f: isinstance(f, bool))),
+         "() (full attention at the innermost stage only) or a tuple of true/false, one per "
+         "dim_mults entry"),
         ("model.dtype", lambda v: v in DTYPES, f"one of {', '.join(DTYPES)}"),
         ("diffusion.schedule", lambda v: v in SCHEDULE_KINDS, f"one of {', '.join(SCHEDULE_KINDS)}"),
         ("diffusion.timesteps", positive_int, "an integer >= 1"),
@@ -275,6 +298,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         groups = 32 if config.model.name == "ddpm_unet" else config.model.get("resnet_block_groups")
         field = "model.dim" if config.model.name == "ddpm_unet" else "model.resnet_block_groups"
         widths = [config.model.dim * m for m in mults]
+        widths += [config.model.init_dim] if config.model.get("init_dim", 0) else []
         if groups and any(width % groups for width in widths):
             raise ConfigError(
                 f"config.{field}={_get(config, field)!r} is invalid: GroupNorm with {groups} "
@@ -430,6 +454,16 @@ def image_config() -> ml_collections.ConfigDict:
     config.model.cond_drop_prob = 0.0  # label dropout for classifier-free guidance
     config.model.self_condition = False
     config.model.learned_sinusoidal_cond = False
+    # denoising-diffusion-pytorch's remaining Unet fields (unet only; jaxdiff.port sets them)
+    config.model.random_fourier_features = False
+    config.model.learned_sinusoidal_dim = 16
+    config.model.sinusoidal_pos_emb_theta = 10_000.0
+    config.model.init_dim = 0  # 0: dim
+    config.model.attn_heads = 4  # or one per stage
+    config.model.attn_dim_head = 32  # or one per stage
+    config.model.full_attn = ()  # (): full attention at the innermost stage only
+    # [x_self_cond, x] as denoising-diffusion-pytorch; absent (False) in configs saved before
+    config.model.self_cond_first = True
     config.model.dtype = "float32"
     config.model.learned_variance = False  # [prediction, v] output, hybrid loss (improved DDPM)
 

@@ -103,3 +103,13 @@ def write_torch_file(path, state_dict, fmt="zip", prefix="archive"):
             pickle.dump(keys, f, protocol=2)
             for key in keys:
                 f.write(struct.pack("<q", storages[key].array.size) + raw[key])
+
+
+def write_arrays(path, arrays, fmt="zip"):
+    """torch.save of a flat {name: float32 / int64 np.ndarray} state_dict (one storage each)."""
+    state = {}
+    for index, (name, value) in enumerate(arrays.items()):
+        value = np.asarray(value)
+        value = value if value.dtype == np.int64 else value.astype(np.float32)
+        state[name] = contiguous(Storage(str(index), value), list(value.shape))
+    write_torch_file(path, state, fmt=fmt)

@@ -242,15 +242,16 @@ class InceptionV3FID(nn.Module):
     resize_input: bool = True
     normalize_input: bool = True
     precision: Any = None
+    dtype: Any = jnp.float32  # float64 (with float64 variables, jax_enable_x64) for parity checks
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         if x.ndim != 4:
             raise ValueError(f"images must be NHWC, got shape {x.shape}")
         if jnp.issubdtype(x.dtype, jnp.integer):
-            x = x.astype(jnp.float32) / 255.0
+            x = x.astype(self.dtype) / 255.0
         else:
-            x = x.astype(jnp.float32)
+            x = x.astype(self.dtype)
         if x.shape[-1] == 1:
             x = jnp.repeat(x, 3, axis=-1)
         if x.shape[-1] != 3:
@@ -331,7 +332,7 @@ def expected_state_dict_shapes() -> dict[str, tuple[int, ...]]:
     return out
 
 
-def state_dict_to_variables(state_dict: dict) -> dict:
+def state_dict_to_variables(state_dict: dict, dtype=np.float32) -> dict:
     """Map a pytorch-fid Inception state_dict onto InceptionV3FID's {'params', 'batch_stats'}.
 
     Conv weights [O, I, kh, kw] become kernels [kh, kw, I, O]; extra keys (fc, AuxLogits,
@@ -352,7 +353,7 @@ def state_dict_to_variables(state_dict: dict) -> dict:
                              f"{torch_shapes[key]}")
     flat = {}
     for path in shapes:
-        value = np.asarray(state_dict[_torch_key(path)], dtype=np.float32)
+        value = np.asarray(state_dict[_torch_key(path)], dtype=dtype)
         if path[-1] == "kernel":
             value = value.transpose(2, 3, 1, 0)  # [O, I, kh, kw] -> [kh, kw, I, O]
         flat[path] = jnp.asarray(value)

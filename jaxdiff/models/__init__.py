@@ -37,11 +37,21 @@ def build_model(config):
             self_condition=model.self_condition, dtype=dtype, param_dtype=jnp.float32,
             learned_variance=learned_variance,
         )
+    per_stage = lambda v: tuple(v) if isinstance(v, (tuple, list)) else v  # noqa: E731
     return Unet(
         dim=model.dim, dim_mults=tuple(model.dim_mults), channels=config.data.channels,
         dropout=model.dropout, self_condition=model.self_condition,
+        # configs saved before the field existed used the [x, x_self_cond] order
+        self_cond_first=model.get("self_cond_first", False),
         num_classes=model.num_classes,
         learned_sinusoidal_cond=model.get("learned_sinusoidal_cond", False),
+        random_fourier_features=model.get("random_fourier_features", False),
+        learned_sinusoidal_dim=model.get("learned_sinusoidal_dim", 16),
+        sinusoidal_pos_emb_theta=model.get("sinusoidal_pos_emb_theta", 10_000.0),
+        init_dim=model.get("init_dim", 0) or None,
+        attn_heads=per_stage(model.get("attn_heads", 4)),
+        attn_dim_head=per_stage(model.get("attn_dim_head", 32)),
+        full_attn=tuple(model.get("full_attn", ())) or None,
         resnet_block_groups=model.get("resnet_block_groups", 8),
         dtype=dtype, param_dtype=jnp.float32, learned_variance=learned_variance,
     )

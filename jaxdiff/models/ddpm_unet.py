@@ -16,7 +16,8 @@ from jax import Array
 
 from jaxdiff.models.embeddings import sinusoidal_embedding
 from jaxdiff.models.layers import (Dtype, GroupNorm, _add_label_embedding, _check_image,
-                                   _check_multipliers, _model_inputs, _upsample_nearest)
+                                   _check_multipliers, _model_inputs, _upsample_nearest,
+                                   statistics_dtype)
 
 
 def _per_position(layer: nn.Module, x: Array) -> Array:
@@ -74,7 +75,8 @@ class DDPMAttnBlock(nn.Module):
         q, k, v = (_per_position(nn.Dense(channels, kernel_init=_ddpm_init(), name=name,
                                           **kwargs), h).reshape(batch, height * width, channels)
                    for name in ("q", "k", "v"))
-        logits = jnp.einsum("bic,bjc->bij", q, k).astype(jnp.float32) * channels ** -0.5
+        logits = (jnp.einsum("bic,bjc->bij", q, k).astype(statistics_dtype(q.dtype))
+                  * channels ** -0.5)
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         h = jnp.einsum("bij,bjc->bic", weights, v).reshape(batch, height, width, channels)
         return x + _per_position(nn.Dense(channels, kernel_init=_ddpm_init(0.0), name="proj_out",
@@ -116,7 +118,7 @@ class DDPMUnet(nn.Module):
         def resnet_block(features: int, name: str) -> DDPMResnetBlock:
             return DDPMResnetBlock(features, self.dropout, name=name, **kwargs)
 
-        temb = sinusoidal_embedding(t, self.ch)
+        temb = sinusoidal_embedding(t, self.ch, dtype=statistics_dtype(self.param_dtype))
         temb = nn.Dense(4 * self.ch, kernel_init=_ddpm_init(), name="temb_dense0", **kwargs)(temb)
         temb = nn.Dense(4 * self.ch, kernel_init=_ddpm_init(), name="temb_dense1",
                         **kwargs)(nn.swish(temb))
@@ -155,4 +157,4 @@ class DDPMUnet(nn.Module):
         out_channels = self.channels * (2 if self.learned_variance else 1)
         out = nn.Conv(out_channels, (3, 3), kernel_init=_ddpm_init(0.0), name="conv_out",
                       **kwargs)(h)
-        return out.astype(jnp.float32)
+        return out.astype(statistics_dtype(out.dtype))

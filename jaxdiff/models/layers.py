@@ -20,6 +20,13 @@ from jaxdiff.models.embeddings import LabelEmbedding
 Dtype = Any
 
 
+def statistics_dtype(dtype: Dtype) -> Dtype:
+    """The dtype norms, softmaxes and embeddings are computed in: float32 for bfloat16 / float32
+    activations, float64 for a float64 model (under jax_enable_x64, e.g. to compare with a
+    float64 PyTorch module)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # Input checks, conditioning inputs and resampling shared by both networks
 
@@ -43,15 +50,19 @@ def _check_image(x: Array, channels: int, name: str, multipliers: Sequence[int])
                          f"2**(len({name})-1)={factor} for {name}={tuple(multipliers)}")
 
 
-def _model_inputs(x: Array, x_self_cond: Array | None, self_condition: bool) -> Array:
-    """x, or concat(x, x_self_cond) on channels (zeros when there is no previous x0 estimate)."""
+def _model_inputs(x: Array, x_self_cond: Array | None, self_condition: bool,
+                  cond_first: bool = False) -> Array:
+    """x, or x and x_self_cond concatenated on channels (zeros when there is no previous x0
+    estimate): [x_self_cond, x] with `cond_first` (denoising-diffusion-pytorch's order),
+    [x, x_self_cond] otherwise."""
     if not self_condition:
         return x
     if x_self_cond is None:
         x_self_cond = jnp.zeros_like(x)
     elif x_self_cond.shape != x.shape:
         raise ValueError(f"x_self_cond has shape {x_self_cond.shape}, expected x_t's {x.shape}")
-    return jnp.concatenate([x, x_self_cond.astype(x.dtype)], axis=-1)
+    parts = [x_self_cond.astype(x.dtype), x] if cond_first else [x, x_self_cond.astype(x.dtype)]
+    return jnp.concatenate(parts, axis=-1)
 
 
 def _add_label_embedding(emb: Array, labels: Array | None, num_classes: int, dtype: Dtype) -> Array:
@@ -100,7 +111,8 @@ class Conv1x1(nn.Module):
 
 class RMSNorm(nn.Module):
     """x / ||x|| * g * sqrt(C) over channels, with a learned gain g [C] (lucidrains' RMSNorm:
-    F.normalize(x, dim=1) * g * sqrt(dim)). The norm is taken in float32."""
+    F.normalize(x, dim=1) * g * sqrt(dim)). The norm is taken in float32 (float64 for a float64
+    model)."""
 
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -109,10 +121,11 @@ class RMSNorm(nn.Module):
     def __call__(self, x: Array) -> Array:
         dim = x.shape[-1]
         gain = self.param("g", nn.initializers.ones, (dim,), self.param_dtype)
-        x = x.astype(jnp.float32)
+        compute = statistics_dtype(x.dtype)
+        x = x.astype(compute)
         norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
         # F.normalize divides by max(||x||, eps).
-        y = x / jnp.maximum(norm, 1e-12) * gain.astype(jnp.float32).reshape(1, 1, 1, dim)
+        y = x / jnp.maximum(norm, 1e-12) * gain.astype(compute).reshape(1, 1, 1, dim)
         return (y * math.sqrt(dim)).astype(self.dtype)
 
 
@@ -141,7 +154,8 @@ class GroupNorm(nn.Module):
         group_size = channels // self.num_groups
         scale = self.param("scale", nn.initializers.ones, (channels,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (channels,), self.param_dtype)
-        x32 = x.astype(jnp.float32)
+        compute = statistics_dtype(x.dtype)
+        x32 = x.astype(compute)
         spatial = tuple(range(1, x.ndim - 1))
         # Equal counts per channel, so the group mean is the mean of the channel means.
         mean = jnp.mean(x32, axis=spatial).reshape(batch, self.num_groups, group_size).mean(-1)
@@ -149,8 +163,8 @@ class GroupNorm(nn.Module):
             batch, self.num_groups, group_size).mean(-1)
         var = jnp.maximum(0.0, mean_sq - jnp.square(mean))
         inv_std = jnp.repeat(jax.lax.rsqrt(var + self.epsilon), group_size, axis=-1)
-        a = inv_std * scale.astype(jnp.float32).reshape(1, channels)
-        b = bias.astype(jnp.float32).reshape(1, channels) - a * jnp.repeat(mean, group_size,
+        a = inv_std * scale.astype(compute).reshape(1, channels)
+        b = bias.astype(compute).reshape(1, channels) - a * jnp.repeat(mean, group_size,
                                                                             axis=-1)
         shape = (batch,) + (1,) * (x.ndim - 2) + (channels,)
         return (x32 * a.reshape(shape) + b.reshape(shape)).astype(self.dtype)
@@ -246,9 +260,10 @@ class LinearAttention(nn.Module):
                             (2, self.heads, self.dim_head, self.num_mem_kv), self.param_dtype)
         x = RMSNorm(name="norm", **kwargs)(x)
         qkv = Conv1x1(3 * hidden, use_bias=False, name="to_qkv", **kwargs)(x)
-        q, k, v = (_split_heads(y, self.heads).astype(jnp.float32)
+        compute = statistics_dtype(qkv.dtype)
+        q, k, v = (_split_heads(y, self.heads).astype(compute)
                    for y in jnp.split(qkv, 3, axis=-1))  # [B, heads, n, d]
-        memory = jnp.broadcast_to(mem_kv.astype(jnp.float32).transpose(0, 1, 3, 2)[:, None],
+        memory = jnp.broadcast_to(mem_kv.astype(compute).transpose(0, 1, 3, 2)[:, None],
                                   (2, batch, self.heads, self.num_mem_kv, self.dim_head))
         k = jnp.concatenate([memory[0], k], axis=2)
         v = jnp.concatenate([memory[1], v], axis=2)
@@ -287,7 +302,8 @@ class Attention(nn.Module):
                                   (2, batch, self.heads, self.num_mem_kv, self.dim_head))
         k = jnp.concatenate([memory[0], k], axis=2)
         v = jnp.concatenate([memory[1], v], axis=2)
-        logits = jnp.einsum("bhid,bhjd->bhij", q, k).astype(jnp.float32) * self.dim_head ** -0.5
+        logits = (jnp.einsum("bhid,bhjd->bhij", q, k).astype(statistics_dtype(q.dtype))
+                  * self.dim_head ** -0.5)
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
         out = _merge_heads(jnp.einsum("bhij,bhjd->bhid", weights, v), height, width)
         return Conv1x1(dim, name="to_out", **kwargs)(out)

@@ -17,7 +17,7 @@ from jax import Array
 from jaxdiff.models.embeddings import LearnedSinusoidalEmbedding, sinusoidal_embedding
 from jaxdiff.models.layers import (Attention, Conv1x1, Downsample, Dtype, LinearAttention,
                                    ResnetBlock, Upsample, _add_label_embedding, _check_image,
-                                   _check_multipliers, _model_inputs)
+                                   _check_multipliers, _model_inputs, statistics_dtype)
 
 
 def _as_stage_tuple(value, num_stages: int, name: str) -> tuple:
@@ -42,9 +42,13 @@ class Unet(nn.Module):
     `learned_variance` doubles the default output channels ([prediction, v], Nichol & Dhariwal
     2021), as lucidrains' `learned_variance`; an explicit `out_dim` wins.
 
-    Differences from lucidrains: `resnet_block_groups=None` selects the RMSNorm of its 2.x
-    Blocks, an int the GroupNorm of its 1.x (the default, 8 groups); self-conditioning concatenates
-    [x, x_self_cond] (lucidrains puts x_self_cond first).
+    `resnet_block_groups=None` selects the RMSNorm of lucidrains' 2.x Blocks, an int the
+    GroupNorm of its 1.x (the default, 8 groups). Self-conditioning concatenates
+    [x_self_cond, x] on channels, as lucidrains does, so its weights port one to one
+    (`jaxdiff.port`); `self_cond_first=False` is the [x, x_self_cond] order of jaxdiff runs saved
+    before 2026-11-30 (their config.json has no `model.self_cond_first`, and `build_model` reads
+    them so). With `dtype=param_dtype=jnp.float64` (jax_enable_x64) every part, norms and time
+    embedding included, runs in float64.
     """
 
     dim: int = 64
@@ -54,6 +58,7 @@ class Unet(nn.Module):
     init_dim: int | None = None
     resnet_block_groups: int | None = 8
     self_condition: bool = False
+    self_cond_first: bool = True
     learned_sinusoidal_cond: bool = False
     random_fourier_features: bool = False
     learned_sinusoidal_dim: int = 16
@@ -97,15 +102,17 @@ class Unet(nn.Module):
         if self.learned_sinusoidal_cond or self.random_fourier_features:
             emb = LearnedSinusoidalEmbedding(self.learned_sinusoidal_dim,
                                              frozen=self.random_fourier_features,
+                                             param_dtype=self.param_dtype,
                                              name="time_fourier")(t)
         else:
-            emb = sinusoidal_embedding(t, self.dim, max_period=self.sinusoidal_pos_emb_theta)
+            emb = sinusoidal_embedding(t, self.dim, max_period=self.sinusoidal_pos_emb_theta,
+                                       dtype=statistics_dtype(self.param_dtype))
         emb = nn.Dense(time_dim, name="time_mlp_0", **kwargs)(emb)
         emb = nn.Dense(time_dim, name="time_mlp_1", **kwargs)(nn.gelu(emb, approximate=False))
         emb = _add_label_embedding(emb, labels, self.num_classes, self.dtype)
 
         h = nn.Conv(init_dim, (7, 7), name="init_conv", **kwargs)(
-            _model_inputs(x, x_self_cond, self.self_condition))
+            _model_inputs(x, x_self_cond, self.self_condition, self.self_cond_first))
         init_features = h
         skips = []
         for stage, (dim_in, dim_out) in enumerate(in_out):
@@ -139,4 +146,4 @@ class Unet(nn.Module):
             jnp.concatenate([h, init_features], axis=-1), emb, train)
         out_dim = self.out_dim or self.channels * (2 if self.learned_variance else 1)
         out = Conv1x1(out_dim, name="final_conv", **kwargs)(h)
-        return out.astype(jnp.float32)
+        return out.astype(statistics_dtype(out.dtype))
