@@ -105,7 +105,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.machinery
 import json
 import os
 import random
@@ -419,7 +418,8 @@ def inception_part(args) -> None:
     # Inception3 names, e.g. "Mixed_5b.branch1x1.conv.weight"), which is what jaxdiff's loader
     # reads, and go in through pytorch-fid's own path: fid_inception_v3() loads whatever
     # load_state_dict_from_url returns with a strict load_state_dict.
-    load_url, load_sd = fid_inception.load_state_dict_from_url, tv_inception.Inception3.load_state_dict
+    load_url = fid_inception.load_state_dict_from_url
+    load_sd = tv_inception.Inception3.load_state_dict
     fid_inception.load_state_dict_from_url = lambda *a, **k: {}
     tv_inception.Inception3.load_state_dict = lambda self, *a, **k: None
     try:

@@ -22,8 +22,8 @@ import pytest
 
 from helpers import run_script
 from jaxdiff.errors import ConfigError
-from jaxdiff.port.ddp import (diffusion_settings, infer_unet_kwargs, port_ddp_checkpoint,
-                              read_ddp_checkpoint)
+from jaxdiff.port import (diffusion_settings, infer_unet_kwargs, port_ddp_checkpoint,
+                          read_ddp_checkpoint)
 from jaxdiff.torch_checkpoint import read_torch_state_dict
 from torch_files import Storage, _fake_torch, contiguous, write_arrays
 

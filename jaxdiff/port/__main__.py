@@ -65,7 +65,7 @@ def port(args: types.SimpleNamespace, argv: list[str]) -> None:
         cli.fail(f"usage: python -m jaxdiff.port ddp FILE --workdir W (got "
                  f"{' '.join(argv[1:]) or 'no arguments'!r})")
     absl_logging.set_verbosity(absl_logging.WARNING)
-    from jaxdiff.port.ddp import dumps, port_ddp_checkpoint, summary_line
+    from jaxdiff.port.workdir import dumps, port_ddp_checkpoint, summary_line
 
     overrides = {"dim": args.dim.value, "resnet_block_groups": args.resnet_block_groups.value,
                  "random_fourier_features": args.random_fourier_features.value or None,
