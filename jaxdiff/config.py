@@ -18,6 +18,7 @@ model     name "unet" (denoising-diffusion-pytorch's Unet: dim, dim_mults, resne
           self_cond_first: the self-conditioning channel order) or "ddpm_unet" (Ho et al.'s CIFAR-10 net: dim is its ch,
           dim_mults its ch_mult, num_res_blocks, attn_resolutions); dropout, num_classes
           (0: unconditional), self_condition, dtype (bfloat16: bf16 compute, float32 params),
+          remat (U-Nets: recompute ResNet-block activations in the backward pass),
           learned_variance (the model also outputs v, the interpolation of its reverse
           variance, trained by the hybrid loss of Nichol & Dhariwal 2021; needs
           sample.variance "learned_range")
@@ -25,7 +26,8 @@ diffusion schedule, timesteps, objective, loss_type, weighting, min_snr_gamma
 optim     AdamW: lr, warmup_steps, decay (constant / cosine), b1, b2, weight_decay, grad_clip
 train     steps, batch_size (global, over all devices), log_every, checkpoint_every,
           keep_checkpoints, max_skipped_steps (consecutive non-finite steps before stopping),
-          steps_per_call (k steps per dispatch, a lax.scan), num_devices (0: all)
+          steps_per_call (k steps per dispatch, a lax.scan), num_devices (0: all), fsdp (split
+          parameters, EMA and optimiser state over that many devices: FSDP; 1: replicated)
 ema       decay, warmup
 sample    sampler: ddpm (variance: fixed_small, fixed_large, or learned_range for a model with
           model.learned_variance; resamples, jump_length: RePaint for inpainting), ddim (steps,
@@ -185,6 +187,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("model.sinusoidal_pos_emb_theta", lambda v: _is_number(v) and v > 1, "a number > 1"),
         ("model.init_dim", lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: model.dim)"),
         ("model.self_cond_first", *boolean),
+        ("model.remat", *boolean),
         ("model.attn_heads", lambda v: _per_stage(v, config, lambda h: _is_int(h) and h >= 1),
          "an integer >= 1, or a tuple of them, one per dim_mults entry"),
         ("model.attn_dim_head", lambda v: _per_stage(v, config, lambda h: _is_int(h) and h >= 1),
@@ -216,6 +219,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("train.steps_per_call", positive_int, "an integer >= 1"),
         ("train.num_devices", lambda v: _is_int(v) and 0 <= v <= jax.device_count(),
          f"an integer in [0, {jax.device_count()}] (0: every device)"),
+        ("train.fsdp", lambda v: _is_int(v) and v >= 1 and (
+            config.train.get("num_devices", 0) or jax.device_count()) % v == 0,
+         "an integer >= 1 dividing the devices used (train.num_devices, 0: all "
+         f"{jax.device_count()}): parameters and optimiser state are split over that many"),
         ("train.cond_drop_schedule", lambda v: v in COND_DROP_SCHEDULES,
          f"one of {', '.join(COND_DROP_SCHEDULES)}"),
         ("train.cond_drop_start", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
@@ -401,6 +408,7 @@ def add_training_sections(config: ml_collections.ConfigDict) -> ml_collections.C
     config.train.max_skipped_steps = 20  # stop after this many consecutive non-finite steps
     config.train.steps_per_call = 1  # train steps per dispatch (a lax.scan over k steps)
     config.train.num_devices = 0  # devices the batch is split over; 0: all of them, all hosts
+    config.train.fsdp = 1  # FSDP: parameters and optimiser state split over this many devices
     config.train.cond_drop_schedule = "constant"  # or "linear": from cond_drop_start down
     config.train.cond_drop_start = 1.0
 
@@ -466,6 +474,7 @@ def image_config() -> ml_collections.ConfigDict:
     config.model.self_cond_first = True
     config.model.dtype = "float32"
     config.model.learned_variance = False  # [prediction, v] output, hybrid loss (improved DDPM)
+    config.model.remat = False  # recompute ResNet-block activations in the backward pass
 
     add_training_sections(config)
 

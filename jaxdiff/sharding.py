@@ -1,8 +1,10 @@
 """Data parallelism with `jax.jit` and `NamedSharding` over every device of every host (no pmap).
 
 The mesh has two axes, ("data", "fsdp"). Batches are split over both (every device gets different
-examples); parameters and optimiser state are replicated today, which is the "fsdp" axis of size 1
-by default: `param_sharding` is the one place to change to shard them along it later. The
+examples). Parameters, EMA parameters and optimiser state are replicated over "data" and, when
+the "fsdp" axis is longer than 1 (`train.fsdp`), split along it (`param_sharding`: ZeRO-3 /
+FSDP, each large leaf cut along one axis; XLA gathers a layer's weights where it is used and
+reduce-scatters its gradients), so each device holds 1 / fsdp of them. The
 per-example noise of the loss is drawn for the *global* batch with JAX's partitionable threefry
 RNG, so every device draws its own slice (no two devices share noise) and a sharded step computes
 the same numbers as a single-device step on the same global batch.
@@ -66,10 +68,46 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
+FSDP_MIN_SIZE = 2**12  # leaves smaller than this stay replicated (norm gains, biases, scalars)
+
+
+def leaf_sharding(shape: tuple[int, ...], mesh: Mesh) -> NamedSharding:
+    """One leaf's sharding: split along "fsdp" on its largest axis that the axis length divides
+    (ties: the last such axis, the output features of a kernel), replicated when "fsdp" has
+    length 1, the leaf is smaller than FSDP_MIN_SIZE elements or no axis divides."""
+    fsdp = mesh.shape["fsdp"]
+    if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < FSDP_MIN_SIZE:
+        return replicated(mesh)
+    candidates = [axis for axis, size in enumerate(shape) if size % fsdp == 0]
+    if not candidates:
+        return replicated(mesh)
+    axis = max(candidates, key=lambda a: (shape[a], a))
+    spec = [None] * len(shape)
+    spec[axis] = "fsdp"
+    return NamedSharding(mesh, P(*spec))
+
+
 def param_sharding(params: Any, mesh: Mesh) -> Any:
-    """Shardings of a parameter (or optimiser state) tree: replicated. An FSDP layout would split
-    each large leaf along "fsdp" here; nothing else would change."""
-    return jax.tree.map(lambda _: replicated(mesh), params)
+    """Shardings of a parameter, optimiser-state or whole train-state tree (by leaf shape, so
+    Adam's moments shard like their parameters): `leaf_sharding` of every leaf."""
+    return jax.tree.map(lambda leaf: leaf_sharding(tuple(np.shape(leaf)), mesh), params)
+
+
+def put_state(tree: Any, mesh: Mesh) -> Any:
+    """Place a host-identical train state on the mesh in `param_sharding`'s layout (replicated
+    unless the mesh's "fsdp" axis is longer than 1)."""
+    return jax.device_put(tree, param_sharding(tree, mesh))
+
+
+def state_bytes_per_device(tree: Any) -> int:
+    """Bytes of `tree` (sharded arrays) held by the first device: what FSDP divides."""
+    device = jax.devices()[0]
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        for shard in getattr(leaf, "addressable_shards", ()):
+            if shard.device == device:
+                total += shard.data.nbytes
+    return total
 
 
 def num_batch_shards(mesh: Mesh) -> int:

@@ -78,7 +78,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def _train(config: ml_collections.ConfigDict, workdir: str, source: DataSource) -> dict:
     """The run itself, under the workdir lock: set up, restore, train, save, evaluate."""
     model = build_model(config)
-    mesh = sharding.make_mesh(config.train.get("num_devices", 0) or None)
+    try:
+        mesh = sharding.make_mesh(config.train.get("num_devices", 0) or None,
+                                  fsdp=config.train.get("fsdp", 1))
+    except ValueError as error:
+        raise ConfigError(f"config.train.fsdp={config.train.get('fsdp', 1)} is invalid: "
+                          f"{error}") from None
     try:
         sharding.check_batch_size(config.train.batch_size, mesh)
     except ValueError as error:
@@ -86,7 +91,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: DataSource) 
     check_fits(config, model, source.shape, sharding.num_batch_shards(mesh))
     schedule, optimizer = build_schedule(config), build_optimizer(config)
     state = init_train_state(config, model, optimizer, source.shape)
-    state = sharding.put_replicated(state, mesh)
+    state = sharding.put_state(state, mesh)  # replicated, or split along "fsdp"
 
     checkpointer = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
     restored = checkpointer.restore_newest_good(state)  # onto the replicated layout

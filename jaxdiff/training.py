@@ -21,19 +21,20 @@ per step (dropout), which it then receives as `key=`:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 from jax import Array
 
 from jaxdiff.compilation import jit
-from jaxdiff.config import is_image_config
 from jaxdiff.losses import cond_drop_schedule, diffusion_loss
 from jaxdiff.schedules import Schedule, make_schedule
+
+if TYPE_CHECKING:  # the train step needs no config library (benchmarks/device_check.py)
+    import ml_collections
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -220,8 +221,9 @@ def make_train_step(apply_fn, optimizer, schedule: Schedule, *,
     """`train_step` with everything but (state, batch) bound, jitted with the state donated
     (the state passed in is consumed: keep only the returned one). Compiled once per batch shape.
 
-    mesh: a `jaxdiff.sharding.make_mesh()` mesh: the state comes out replicated on it (pass the
-    batch sharded over it with `sharding.global_batch`). None: the default device.
+    mesh: a `jaxdiff.sharding.make_mesh()` mesh: the state comes out in `sharding.param_sharding`'s
+    layout on it (replicated, or FSDP-split along "fsdp": put it there with `sharding.put_state`;
+    pass the batch sharded over the mesh with `sharding.global_batch`). None: the default device.
     steps_per_call: k > 1 runs k steps in one dispatch (a `lax.scan`, as score_sde does) on a
     batch whose leaves are stacked [k, B, ...]; the metrics are those of the last step.
     """
@@ -241,9 +243,18 @@ def make_train_step(apply_fn, optimizer, schedule: Schedule, *,
 
     if mesh is None:
         return jit(step, donate_argnums=0)
-    from jaxdiff.sharding import replicated
+    from jaxdiff.sharding import param_sharding, replicated
 
-    return jit(step, donate_argnums=0, out_shardings=replicated(mesh))
+    unsharded = step
+
+    def step(state, batch):
+        # The new state keeps the mesh's layout (replicated, or split along "fsdp"), the metrics
+        # are replicated: constraints inside, as the state's tree is known only when traced.
+        state, metrics = unsharded(state, batch)
+        state = jax.lax.with_sharding_constraint(state, param_sharding(state, mesh))
+        return state, jax.lax.with_sharding_constraint(metrics, replicated(mesh))
+
+    return jit(step, donate_argnums=0)
 
 
 # --- from a config -------------------------------------------------------------------------------
@@ -282,6 +293,8 @@ def loss_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
         self_condition=config.model.self_condition,
     )
     if config.model.get("learned_variance", False):
+        from jaxdiff.config import is_image_config
+
         kwargs["learned_variance"] = True
         kwargs["decoder"] = "discretized" if is_image_config(config) else "gaussian"
     num_classes = config.model.num_classes

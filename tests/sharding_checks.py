@@ -78,6 +78,50 @@ def train_equivalence(model_name="mlp", steps="3", per_call="1"):
     }))
 
 
+def fsdp_equivalence(fsdp="4", steps="3", remat="0"):
+    """The Unet trained k steps with parameters and optimiser state split over "fsdp" (mesh
+    data x fsdp = 8 / fsdp x fsdp), optionally with remat, vs the plain replicated step on the
+    same 8 devices; with the bytes of train state each device holds."""
+    fsdp, steps, remat = int(fsdp), int(steps), bool(int(remat))
+    model = Unet(dim=16, dim_mults=(1, 2), channels=1, resnet_block_groups=4)
+    x = np.random.default_rng(0).uniform(-1, 1, (16, 8, 8, 1)).astype(np.float32)
+    params = model.init(jax.random.key(0), jnp.asarray(x[:1]), jnp.zeros((1,), jnp.int32))
+    optimizer = make_optimizer(1e-3, warmup_steps=2)
+    state = create_train_state(params, optimizer, jax.random.key(1))
+    schedule = make_schedule("cosine", timesteps=50)
+    kwargs = dict(loss_kwargs={"objective": "pred_noise"}, ema_decay=0.9, takes_key=True)
+    batches = [{"x": np.roll(x, i, axis=0)} for i in range(steps)]
+
+    def train(model, mesh):
+        step = make_train_step(LinenApply(model), optimizer, schedule, mesh=mesh, **kwargs)
+        current = sharding.put_state(jax.tree.map(lambda a: jnp.array(a, copy=True), state),
+                                     mesh)
+        held = sharding.state_bytes_per_device(current)
+        losses = []
+        for batch in batches:
+            current, metrics = step(current, sharding.global_batch(batch, mesh))
+            losses.append(float(metrics["loss"]))
+        return current, losses, held
+
+    plain, plain_losses, plain_bytes = train(model, sharding.make_mesh())
+    split, split_losses, split_bytes = train(model.clone(remat=remat),
+                                             sharding.make_mesh(fsdp=fsdp))
+    kernels = [leaf for leaf in jax.tree.leaves(split.params) if leaf.size >= 2**12]
+    print(json.dumps({
+        "devices": jax.device_count(), "fsdp": fsdp, "remat": remat,
+        "loss_max_abs_diff": max(abs(a - b) for a, b in zip(plain_losses, split_losses)),
+        "params_max_abs_diff": max_difference(plain.params, split.params),
+        "ema_max_abs_diff": max_difference(plain.ema_params, split.ema_params),
+        "opt_state_max_abs_diff": max_difference(plain.opt_state, split.opt_state),
+        "param_scale": max(float(np.max(np.abs(np.asarray(p))))
+                           for p in jax.tree.leaves(plain.params)),
+        "state_bytes_per_device_replicated": plain_bytes,
+        "state_bytes_per_device_fsdp": split_bytes,
+        "large_leaves_sharded": all(not k.sharding.is_fully_replicated for k in kernels),
+        "kernels": len(kernels), "step": int(split.step),
+    }))
+
+
 def noise_per_device():
     """The loss's noise for a batch of identical examples: every device's slice differs, and the
     sharded draw equals the unsharded one."""

@@ -35,7 +35,7 @@ def build_model(config):
             attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
             channels=config.data.channels, num_classes=model.num_classes,
             self_condition=model.self_condition, dtype=dtype, param_dtype=jnp.float32,
-            learned_variance=learned_variance,
+            learned_variance=learned_variance, remat=model.get("remat", False),
         )
     per_stage = lambda v: tuple(v) if isinstance(v, (tuple, list)) else v  # noqa: E731
     return Unet(
@@ -54,4 +54,5 @@ def build_model(config):
         full_attn=tuple(model.get("full_attn", ())) or None,
         resnet_block_groups=model.get("resnet_block_groups", 8),
         dtype=dtype, param_dtype=jnp.float32, learned_variance=learned_variance,
+        remat=model.get("remat", False),
     )

@@ -106,6 +106,7 @@ class DDPMUnet(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     learned_variance: bool = False
+    remat: bool = False  # rematerialise the ResNet blocks in the backward pass
 
     @nn.compact
     def __call__(self, x: Array, t: Array, *, x_self_cond: Array | None = None,
@@ -115,8 +116,12 @@ class DDPMUnet(nn.Module):
         kwargs = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         num_levels = len(self.ch_mult)
 
+        # remat: activations recomputed in the backward pass (argument 3, `train`, is static)
+        block_class = (nn.remat(DDPMResnetBlock, static_argnums=(3,)) if self.remat
+                       else DDPMResnetBlock)
+
         def resnet_block(features: int, name: str) -> DDPMResnetBlock:
-            return DDPMResnetBlock(features, self.dropout, name=name, **kwargs)
+            return block_class(features, self.dropout, name=name, **kwargs)
 
         temb = sinusoidal_embedding(t, self.ch, dtype=statistics_dtype(self.param_dtype))
         temb = nn.Dense(4 * self.ch, kernel_init=_ddpm_init(), name="temb_dense0", **kwargs)(temb)

@@ -39,6 +39,8 @@ class Unet(nn.Module):
     features) -> Dense(4 dim) -> GELU -> Dense(4 dim), plus a label embedding when
     `num_classes > 0` (labels=None uses the null class `num_classes`).
 
+    `remat` rematerialises every ResnetBlock (activation memory for compute, same function).
+
     `learned_variance` doubles the default output channels ([prediction, v], Nichol & Dhariwal
     2021), as lucidrains' `learned_variance`; an explicit `out_dim` wins.
 
@@ -71,6 +73,7 @@ class Unet(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     learned_variance: bool = False
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array, t: Array, *, x_self_cond: Array | None = None,
@@ -91,8 +94,12 @@ class Unet(nn.Module):
         in_out = list(zip(dims[:-1], dims[1:]))
         time_dim = 4 * self.dim
 
+        # remat: each ResnetBlock's activations are recomputed in the backward pass instead of
+        # stored (argument 3, `train`, is a Python bool); same parameters and outputs.
+        block_class = nn.remat(ResnetBlock, static_argnums=(3,)) if self.remat else ResnetBlock
+
         def resnet_block(features: int, name: str) -> ResnetBlock:
-            return ResnetBlock(features, self.resnet_block_groups, self.dropout, name=name,
+            return block_class(features, self.resnet_block_groups, self.dropout, name=name,
                                **kwargs)
 
         def attention(full: bool, stage: int, name: str) -> nn.Module:

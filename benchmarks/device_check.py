@@ -1,0 +1,292 @@
+"""The first-accelerator check: train and sample throughput, MFU, compile time, memory, bf16 loss.
+
+    bash benchmarks/device_check.sh            # on a GPU / TPU: writes $OUT/device_check.json, .md
+    bash benchmarks/device_check.sh --tiny     # the same code at toy sizes (CPU, CI)
+
+Needs only jax, flax, optax and numpy (no TFDS, matplotlib, scikit-learn, ml_collections, diffrax:
+the jaxdiff modules it imports do not import them). For each case — DDPMUnet (Ho et al.'s
+CIFAR-10 net, 35.7M) at batch 128 and 256 on 32x32x3, and the dim-64 Unet (1,2,4,8) on 64x64x3,
+each in bfloat16 compute (float32 parameters) and float32 — it measures, compile time excluded:
+
+  train_img_per_s        the library's jitted train step (loss, grads, clipped AdamW, EMA;
+                         state donated), median of `repeats` timed runs of `steps` steps
+  sample_img_steps_per_s `jaxdiff.ddim_sample` (one network call per image and step)
+  train_mfu, sample_mfu  achieved FLOP/s (XLA's cost analysis of the compiled step) over the
+                         card's dense peak for the compute dtype (PEAK_TFLOPS, by device_kind;
+                         float32 matmuls on GPUs run as TF32 by default, so its peak is used)
+  compile_s              ahead-of-time compile of the train step and the sampler
+  memory                 XLA's memory analysis of the compiled train step (arguments, outputs,
+                         temporaries), and the device's peak bytes in use so far (GPU / TPU)
+  loss_vs_float32        bf16 cases: |loss_bf16 - loss_f32| / loss_f32 of the training loss on
+                         the same batch, noise and times with the same "probe" parameters (the
+                         initial ones with near-zero-initialised kernels, DDPMUnet's last convs,
+                         redrawn at LeCun scale, so that every layer shapes the output); must stay
+                         below LOSS_TOLERANCE
+
+Cases run in priority order and stop when `--budget_s` is spent (the rest are marked skipped), so
+the script fits in a few minutes of device time. One compile per case and shape: the timed calls
+reuse the compiled executables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxdiff
+from jaxdiff import sharding
+from jaxdiff.compilation import jit
+from jaxdiff.models import DDPMUnet, Unet
+from jaxdiff.training import LinenApply, create_train_state, make_optimizer, make_train_step
+
+LOSS_TOLERANCE = 3e-2  # bf16 compute vs float32, relative, on the first step's loss
+
+# Dense peak TFLOP/s per chip: (bfloat16, float32 as the matmul unit runs it by default).
+PEAK_TFLOPS = {
+    "H200": (989.0, 494.5), "H100": (989.0, 494.5), "H800": (989.0, 494.5),
+    "A100": (312.0, 156.0), "L4": (121.0, 60.0), "A10G": (70.0, 35.0),
+    "TPU v4": (275.0, 275.0), "TPU v5 lite": (197.0, 197.0), "TPU v5e": (197.0, 197.0),
+    "TPU v5p": (459.0, 459.0), "TPU v6 lite": (918.0, 918.0), "TPU v6e": (918.0, 918.0),
+}
+
+FULL_CASES = [  # (name, model, batch, image size), in priority order
+    ("ddpm_unet_b128", "ddpm_unet", 128, 32),
+    ("unet64_64px_b64", "unet", 64, 64),
+    ("ddpm_unet_b256", "ddpm_unet", 256, 32),
+]
+TINY_CASES = [
+    ("ddpm_unet_tiny", "ddpm_unet", 4, 4),
+    ("unet_tiny", "unet", 4, 4),
+]
+
+
+def peak_tflops(device_kind: str, dtype: str) -> float | None:
+    for key, (bf16, f32) in PEAK_TFLOPS.items():
+        if key.lower() in device_kind.lower():
+            return bf16 if dtype == "bfloat16" else f32
+    return None
+
+
+def build(model_name: str, dtype: str, tiny: bool):
+    compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    if model_name == "ddpm_unet":
+        if tiny:
+            return DDPMUnet(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(4,),
+                            dropout=0.1, dtype=compute, param_dtype=jnp.float32)
+        return DDPMUnet(dtype=compute, param_dtype=jnp.float32)
+    if tiny:
+        return Unet(dim=8, dim_mults=(1,), dtype=compute, param_dtype=jnp.float32)
+    return Unet(dim=64, dim_mults=(1, 2, 4, 8), dtype=compute, param_dtype=jnp.float32)
+
+
+def flops_of(compiled) -> float | None:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def memory_of(compiled) -> dict | None:
+    try:
+        analysis = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if analysis is None:
+        return None
+    fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+              "generated_code_size_in_bytes")
+    return {f: int(getattr(analysis, f)) for f in fields if hasattr(analysis, f)}
+
+
+def device_peak_bytes() -> int | None:
+    stats = jax.devices()[0].memory_stats()
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def probe_params(params, key):
+    """`params` with every (near-)zero-initialised kernel redrawn N(0, 1 / fan_in): at
+    initialisation DDPMUnet's last convs start at scale 1e-10, so its output is ~0 whatever the
+    dtype, which would make a loss comparison vacuous."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    out = []
+    for leaf, k in zip(leaves, keys):
+        fan_in = int(np.prod(leaf.shape[:-1])) if leaf.ndim >= 2 else 1
+        if leaf.ndim >= 2 and float(jnp.std(leaf)) * np.sqrt(fan_in) < 1e-3:
+            leaf = jax.random.normal(k, leaf.shape, leaf.dtype) / np.sqrt(fan_in)
+        out.append(leaf)
+    return jax.tree.unflatten(treedef, out)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def run_case(name, model_name, batch, size, dtype, args, mesh, reference_loss=None) -> dict:
+    """Measure one (model, batch, dtype) case; returns its row."""
+    model = build(model_name, dtype, args.tiny)
+    schedule = jaxdiff.make_schedule("cosine", 1000)
+    shape = (batch, size, size, 3)
+    x0 = jax.random.uniform(jax.random.key(1), shape, jnp.float32, -1.0, 1.0)
+    params = jax.jit(model.init)(jax.random.key(0), x0[:1], jnp.zeros((1,), jnp.int32))
+    optimizer = make_optimizer(1e-4, grad_clip=1.0)
+    step = make_train_step(LinenApply(model), optimizer, schedule,
+                           loss_kwargs=dict(objective="pred_noise"), takes_key=True, mesh=mesh)
+    state = sharding.put_replicated(
+        create_train_state(jax.tree.map(jnp.copy, params), optimizer, jax.random.key(2)), mesh)
+    batches = [jax.device_put({"x": jax.random.uniform(jax.random.key(3 + i), shape,
+                                                       jnp.float32, -1.0, 1.0)},
+                              sharding.batch_sharding(mesh)) for i in range(2)]
+    compiled, train_compile_s = timed(lambda: step.lower(state, batches[0]).compile())
+    probe_loss = float(jax.jit(lambda p, x: jaxdiff.diffusion_loss(
+        functools.partial(model.apply, p), schedule, x, jax.random.key(5))[0])(
+            probe_params(params, jax.random.key(6)), batches[0]["x"]))
+    for i in range(args.warmup):
+        state, metrics = compiled(state, batches[i % 2])
+    jax.block_until_ready(state)
+    rates = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for i in range(args.steps):
+            state, metrics = compiled(state, batches[i % 2])
+        jax.block_until_ready((state, metrics))
+        rates.append(args.steps * batch / (time.perf_counter() - start))
+    if not np.isfinite(float(metrics["loss"])):
+        raise FloatingPointError(f"{name} {dtype}: train loss {float(metrics['loss'])}")
+    train_flops = flops_of(compiled)
+    train_memory = memory_of(compiled)
+    del state, compiled
+
+    @jit
+    def sample(params, key, x_T):
+        return jaxdiff.ddim_sample(functools.partial(model.apply, params), schedule, key=key,
+                                   shape=shape, num_steps=args.sample_steps, x_T=x_T)
+
+    params = sharding.put_replicated(params, mesh)
+    key = jax.random.key(4)
+    x_T = sharding.batch_noise(key, shape, mesh)
+    sampler, sample_compile_s = timed(lambda: sample.lower(params, key, x_T).compile())
+    jax.block_until_ready(sampler(params, key, x_T))
+    sample_rates = []
+    for r in range(args.repeats):
+        start = time.perf_counter()
+        out = jax.block_until_ready(sampler(params, jax.random.fold_in(key, r), x_T))
+        sample_rates.append(batch * args.sample_steps / (time.perf_counter() - start))
+    if not np.all(np.isfinite(np.asarray(out))):
+        raise FloatingPointError(f"{name} {dtype}: samples are not finite")
+    sample_flops = flops_of(sampler)  # one scan body: one network call of the batch + update
+
+    kind = jax.devices()[0].device_kind
+    peak = peak_tflops(kind, dtype)
+    train_rate, sample_rate = statistics.median(rates), statistics.median(sample_rates)
+    train_tflops = None if train_flops is None else train_flops * train_rate / batch / 1e12
+    sample_tflops = None if sample_flops is None else sample_flops * sample_rate / batch / 1e12
+    row = {
+        "case": name, "model": model_name, "dtype": dtype, "batch": batch,
+        "image_size": size, "params": int(sum(p.size for p in jax.tree.leaves(params))),
+        "train_img_per_s": round(train_rate, 2), "train_img_per_s_runs": [round(r, 2) for r in rates],
+        "sample_img_steps_per_s": round(sample_rate, 2),
+        "train_flops_per_step": train_flops, "train_tflop_per_s": train_tflops and round(train_tflops, 3),
+        "sample_tflop_per_s": sample_tflops and round(sample_tflops, 3),
+        "peak_tflop_per_s": peak,
+        "train_mfu": None if peak is None or train_tflops is None else round(train_tflops / peak, 4),
+        "sample_mfu": None if peak is None or sample_tflops is None else round(sample_tflops / peak,
+                                                                               4),
+        "compile_s": round(train_compile_s, 2), "sample_compile_s": round(sample_compile_s, 2),
+        "train_memory": train_memory, "device_peak_bytes_so_far": device_peak_bytes(),
+        "probe_loss": probe_loss,
+    }
+    if reference_loss is not None:
+        row["loss_vs_float32"] = abs(probe_loss - reference_loss) / abs(reference_loss)
+        row["loss_matches_float32"] = row["loss_vs_float32"] < LOSS_TOLERANCE
+    return row
+
+
+def table(rows: list[dict], header: dict) -> str:
+    lines = [f"# device check: {header['device_kind']} x{header['device_count']}, jax "
+             f"{header['jax']}, {header['date']}", "",
+             "| case | dtype | train img/s | train MFU | sample img-steps/s | sample MFU | "
+             "compile s (train / sample) | train temp MiB | loss vs f32 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if "skipped" in row:
+            lines.append(f"| {row['case']} | {row['dtype']} | skipped: {row['skipped']} |"
+                         " | | | | | |")
+            continue
+        mfu = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        memory = row["train_memory"] or {}
+        temp = memory.get("temp_size_in_bytes")
+        loss = row.get("loss_vs_float32")
+        lines.append(
+            f"| {row['case']} | {row['dtype']} | {row['train_img_per_s']:,.0f} | "
+            f"{mfu(row['train_mfu'])} | {row['sample_img_steps_per_s']:,.0f} | "
+            f"{mfu(row['sample_mfu'])} | {row['compile_s']} / {row['sample_compile_s']} | "
+            f"{'n/a' if temp is None else f'{temp / 2**20:,.0f}'} | "
+            f"{'' if loss is None else f'{loss:.2e}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="toy sizes (CPU, CI)")
+    parser.add_argument("--out", default=os.environ.get("OUT", "."), help="output folder")
+    parser.add_argument("--budget_s", type=float, default=None,
+                        help="stop starting cases after this many seconds (default 300; tiny 600)")
+    args = parser.parse_args(argv)
+    args.steps, args.warmup, args.repeats = (2, 1, 2) if args.tiny else (10, 2, 3)
+    args.sample_steps = 3 if args.tiny else 20
+    budget = args.budget_s or (600.0 if args.tiny else 300.0)
+    os.makedirs(args.out, exist_ok=True)
+    mesh = sharding.make_mesh()
+    start = time.perf_counter()
+    header = {"device_kind": jax.devices()[0].device_kind, "platform": jax.default_backend(),
+              "device_count": jax.device_count(), "jax": jax.__version__,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "tiny": args.tiny,
+              "loss_tolerance": LOSS_TOLERANCE}
+    rows, failures = [], []
+    for name, model_name, batch, size in (TINY_CASES if args.tiny else FULL_CASES):
+        reference = None
+        for dtype in ("float32", "bfloat16"):
+            if time.perf_counter() - start > budget:
+                rows.append({"case": name, "dtype": dtype, "skipped": "time budget"})
+                continue
+            try:
+                row = run_case(name, model_name, batch, size, dtype, args, mesh, reference)
+            except Exception as error:  # noqa: BLE001 - recorded, the other cases still run
+                failures.append(f"{name} {dtype}: {type(error).__name__}: {error}")
+                rows.append({"case": name, "dtype": dtype,
+                             "skipped": f"failed ({type(error).__name__})"})
+                continue
+            reference = row["probe_loss"] if dtype == "float32" else reference
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    header["seconds"] = round(time.perf_counter() - start, 1)
+    header["failures"] = failures
+    with open(os.path.join(args.out, "device_check.json"), "w") as handle:
+        json.dump({"header": header, "rows": rows}, handle, indent=1)
+    text = table(rows, header)
+    with open(os.path.join(args.out, "device_check.md"), "w") as handle:
+        handle.write(text)
+    print(text)
+    bad = [r["case"] for r in rows if r.get("loss_matches_float32") is False]
+    for message in failures:
+        print(f"FAILED {message}", file=sys.stderr)
+    if bad:
+        print(f"FAILED bf16 loss differs from float32 by more than {LOSS_TOLERANCE} in {bad}",
+              file=sys.stderr)
+    return 1 if failures or bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
