@@ -166,7 +166,7 @@ def run_case(name, model_name, batch, size, dtype, args, mesh, reference_loss=No
         raise FloatingPointError(f"{name} {dtype}: train loss {float(metrics['loss'])}")
     train_flops = flops_of(compiled)
     train_memory = memory_of(compiled)
-    del state, compiled
+    state = compiled = None  # free the train state before the sampler's compile
 
     @jit
     def sample(params, key, x_T):
@@ -195,14 +195,17 @@ def run_case(name, model_name, batch, size, dtype, args, mesh, reference_loss=No
     row = {
         "case": name, "model": model_name, "dtype": dtype, "batch": batch,
         "image_size": size, "params": int(sum(p.size for p in jax.tree.leaves(params))),
-        "train_img_per_s": round(train_rate, 2), "train_img_per_s_runs": [round(r, 2) for r in rates],
+        "train_img_per_s": round(train_rate, 2),
+        "train_img_per_s_runs": [round(r, 2) for r in rates],
         "sample_img_steps_per_s": round(sample_rate, 2),
-        "train_flops_per_step": train_flops, "train_tflop_per_s": train_tflops and round(train_tflops, 3),
+        "train_flops_per_step": train_flops,
+        "train_tflop_per_s": train_tflops and round(train_tflops, 3),
         "sample_tflop_per_s": sample_tflops and round(sample_tflops, 3),
         "peak_tflop_per_s": peak,
-        "train_mfu": None if peak is None or train_tflops is None else round(train_tflops / peak, 4),
-        "sample_mfu": None if peak is None or sample_tflops is None else round(sample_tflops / peak,
-                                                                               4),
+        "train_mfu": (None if peak is None or train_tflops is None
+                      else round(train_tflops / peak, 4)),
+        "sample_mfu": (None if peak is None or sample_tflops is None
+                       else round(sample_tflops / peak, 4)),
         "compile_s": round(train_compile_s, 2), "sample_compile_s": round(sample_compile_s, 2),
         "train_memory": train_memory, "device_peak_bytes_so_far": device_peak_bytes(),
         "probe_loss": probe_loss,

@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "denoising-diffusion-pytorch 2.x")
     parser.add_argument("--num_classes", type=int, default=0,
                         help="> 0 adds a label embedding and feeds labels")
+    parser.add_argument("--remat", action="store_true",
+                        help="rematerialise the ResNet blocks (model.remat)")
     return parse(parser, argv)
 
 
@@ -53,10 +55,12 @@ def build_model(args):
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     if args.model == "ddpm_unet":
         return DDPMUnet(ch=args.dim, ch_mult=args.dim_mults, channels=args.channels,
-                        num_classes=args.num_classes, dtype=dtype, param_dtype=jnp.float32)
+                        num_classes=args.num_classes, dtype=dtype, param_dtype=jnp.float32,
+                        remat=args.remat)
     return Unet(dim=args.dim, dim_mults=args.dim_mults, channels=args.channels,
                 resnet_block_groups=args.resnet_block_groups or None,
-                num_classes=args.num_classes, dtype=dtype, param_dtype=jnp.float32)
+                num_classes=args.num_classes, dtype=dtype, param_dtype=jnp.float32,
+                remat=args.remat)
 
 
 def random_batch(args, key) -> dict[str, jax.Array]:
@@ -76,6 +80,14 @@ def flops_of(compiled) -> float | None:
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
     return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def temp_bytes_of(compiled) -> int | None:
+    """XLA's temporary buffer bytes of one call (activations kept for the backward pass, ...)."""
+    try:
+        return int(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
 
 
 def timed(compile_fn):
@@ -117,7 +129,8 @@ def benchmark_train(args, model, params, mesh):
         others.append(others_cpu_share(start_busy, cpu_busy_seconds(), own, wall))
     if not np.isfinite(float(metrics["loss"])):
         raise FloatingPointError(f"train loss is {float(metrics['loss'])}")
-    return rates, statistics.median(cpu_s), others, compile_s, flops_of(compiled)
+    return (rates, statistics.median(cpu_s), others, compile_s, flops_of(compiled),
+            temp_bytes_of(compiled))
 
 
 def benchmark_sample(args, model, params, mesh):
@@ -172,8 +185,8 @@ def main(argv=None) -> dict:
     num_params = int(sum(leaf.size for leaf in jax.tree.leaves(params)))
     load_before = os.getloadavg()[0]
 
-    train_rates, train_cpu_s, train_others, train_compile_s, train_flops = benchmark_train(
-        args, model, params, mesh)
+    (train_rates, train_cpu_s, train_others, train_compile_s, train_flops,
+     train_temp_bytes) = benchmark_train(args, model, params, mesh)
     sample_rates, sample_others, sample_compile_s, sample_flops = benchmark_sample(
         args, model, params, mesh)
 
@@ -187,7 +200,8 @@ def main(argv=None) -> dict:
         "block_norm": ("GroupNorm(32)" if args.model == "ddpm_unet" else
                        f"GroupNorm({args.resnet_block_groups})" if args.resnet_block_groups
                        else "RMSNorm"),
-        "num_classes": args.num_classes, "objective": args.objective,
+        "num_classes": args.num_classes, "objective": args.objective, "remat": args.remat,
+        "train_temp_bytes": train_temp_bytes,
         "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
         "sample_steps": args.sample_steps, "sample_calls": args.sample_calls,
         "params": num_params,

@@ -39,9 +39,11 @@ CONFIG_FILE, RUN_FILE, EVAL_FILE, LOCK_FILE = "config.json", "run.json", "eval.j
 
 # Fields that may change between a run and its resumption: how long to train (with
 # optim.decay="cosine" the learning-rate schedule follows the new length), and fields that do not
-# affect the training trajectory (how often to log, save or sample, how to evaluate at the end).
+# affect the training trajectory (how often to log, save or sample, how to evaluate at the end;
+# the state's FSDP layout and rematerialisation, which change memory, not the numbers).
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.checkpoint_every",
-                     "train.keep_checkpoints", "train.max_skipped_steps", "sample.", "eval.")
+                     "train.keep_checkpoints", "train.max_skipped_steps", "train.fsdp",
+                     "model.remat", "sample.", "eval.")
 
 
 class RunInfo(NamedTuple):
