@@ -6,7 +6,8 @@
 Needs only jax, flax, optax and numpy (no TFDS, matplotlib, scikit-learn, ml_collections, diffrax:
 the jaxdiff modules it imports do not import them). For each case — DDPMUnet (Ho et al.'s
 CIFAR-10 net, 35.7M) at batch 128 and 256 on 32x32x3, and the dim-64 Unet (1,2,4,8) on 64x64x3,
-each in bfloat16 compute (float32 parameters) and float32 — it measures, compile time excluded:
+each in bfloat16 compute (float32 parameters) and float32, then DDPMUnet at 256 in bf16 with
+`remat` (its memory and speed against the plain step) — it measures, compile time excluded:
 
   train_img_per_s        the library's jitted train step (loss, grads, clipped AdamW, EMA;
                          state donated), median of `repeats` timed runs of `steps` steps
@@ -58,14 +59,15 @@ PEAK_TFLOPS = {
     "TPU v5p": (459.0, 459.0), "TPU v6 lite": (918.0, 918.0), "TPU v6e": (918.0, 918.0),
 }
 
-FULL_CASES = [  # (name, model, batch, image size), in priority order
-    ("ddpm_unet_b128", "ddpm_unet", 128, 32),
-    ("unet64_64px_b64", "unet", 64, 64),
-    ("ddpm_unet_b256", "ddpm_unet", 256, 32),
+FULL_CASES = [  # (name, model, batch, image size, dtypes, remat), in priority order
+    ("ddpm_unet_b128", "ddpm_unet", 128, 32, ("float32", "bfloat16"), False),
+    ("unet64_64px_b64", "unet", 64, 64, ("float32", "bfloat16"), False),
+    ("ddpm_unet_b256", "ddpm_unet", 256, 32, ("float32", "bfloat16"), False),
+    ("ddpm_unet_b256_remat", "ddpm_unet", 256, 32, ("bfloat16",), True),
 ]
 TINY_CASES = [
-    ("ddpm_unet_tiny", "ddpm_unet", 4, 4),
-    ("unet_tiny", "unet", 4, 4),
+    ("ddpm_unet_tiny", "ddpm_unet", 4, 4, ("float32", "bfloat16"), False),
+    ("unet_tiny", "unet", 4, 4, ("float32", "bfloat16"), False),
 ]
 
 
@@ -76,16 +78,17 @@ def peak_tflops(device_kind: str, dtype: str) -> float | None:
     return None
 
 
-def build(model_name: str, dtype: str, tiny: bool):
-    compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+def build(model_name: str, dtype: str, tiny: bool, remat: bool = False):
+    kwargs = dict(dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32,
+                  param_dtype=jnp.float32, remat=remat)
     if model_name == "ddpm_unet":
         if tiny:
             return DDPMUnet(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(4,),
-                            dropout=0.1, dtype=compute, param_dtype=jnp.float32)
-        return DDPMUnet(dtype=compute, param_dtype=jnp.float32)
+                            dropout=0.1, **kwargs)
+        return DDPMUnet(**kwargs)
     if tiny:
-        return Unet(dim=8, dim_mults=(1,), dtype=compute, param_dtype=jnp.float32)
-    return Unet(dim=64, dim_mults=(1, 2, 4, 8), dtype=compute, param_dtype=jnp.float32)
+        return Unet(dim=8, dim_mults=(1,), **kwargs)
+    return Unet(dim=64, dim_mults=(1, 2, 4, 8), **kwargs)
 
 
 def flops_of(compiled) -> float | None:
@@ -133,9 +136,10 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def run_case(name, model_name, batch, size, dtype, args, mesh, reference_loss=None) -> dict:
+def run_case(name, model_name, batch, size, dtype, args, mesh, reference_loss=None,
+             remat=False) -> dict:
     """Measure one (model, batch, dtype) case; returns its row."""
-    model = build(model_name, dtype, args.tiny)
+    model = build(model_name, dtype, args.tiny, remat)
     schedule = jaxdiff.make_schedule("cosine", 1000)
     shape = (batch, size, size, 3)
     x0 = jax.random.uniform(jax.random.key(1), shape, jnp.float32, -1.0, 1.0)
@@ -193,7 +197,7 @@ def run_case(name, model_name, batch, size, dtype, args, mesh, reference_loss=No
     train_tflops = None if train_flops is None else train_flops * train_rate / batch / 1e12
     sample_tflops = None if sample_flops is None else sample_flops * sample_rate / batch / 1e12
     row = {
-        "case": name, "model": model_name, "dtype": dtype, "batch": batch,
+        "case": name, "model": model_name, "dtype": dtype, "batch": batch, "remat": remat,
         "image_size": size, "params": int(sum(p.size for p in jax.tree.leaves(params))),
         "train_img_per_s": round(train_rate, 2),
         "train_img_per_s_runs": [round(r, 2) for r in rates],
@@ -258,14 +262,16 @@ def main(argv=None) -> int:
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "tiny": args.tiny,
               "loss_tolerance": LOSS_TOLERANCE}
     rows, failures = [], []
-    for name, model_name, batch, size in (TINY_CASES if args.tiny else FULL_CASES):
+    for name, model_name, batch, size, dtypes, remat in (TINY_CASES if args.tiny
+                                                         else FULL_CASES):
         reference = None
-        for dtype in ("float32", "bfloat16"):
+        for dtype in dtypes:
             if time.perf_counter() - start > budget:
                 rows.append({"case": name, "dtype": dtype, "skipped": "time budget"})
                 continue
             try:
-                row = run_case(name, model_name, batch, size, dtype, args, mesh, reference)
+                row = run_case(name, model_name, batch, size, dtype, args, mesh, reference,
+                               remat)
             except Exception as error:  # noqa: BLE001 - recorded, the other cases still run
                 failures.append(f"{name} {dtype}: {type(error).__name__}: {error}")
                 rows.append({"case": name, "dtype": dtype,
