@@ -18,6 +18,9 @@ each in bfloat16 compute (float32 parameters) and float32, then DDPMUnet at 256 
   compile_s              ahead-of-time compile of the train step and the sampler
   memory                 XLA's memory analysis of the compiled train step (arguments, outputs,
                          temporaries), and the device's peak bytes in use so far (GPU / TPU)
+  train_hlo              fusion instructions and elementwise instructions left unfused in the
+                         optimised HLO of the train step (norm + activation + residual chains
+                         should all sit inside fusions), with a few examples
   loss_vs_float32        bf16 cases: |loss_bf16 - loss_f32| / loss_f32 of the training loss on
                          the same batch, noise and times with the same "probe" parameters (the
                          initial ones with near-zero-initialised kernels, DDPMUnet's last convs,
@@ -35,6 +38,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -110,6 +114,43 @@ def memory_of(compiled) -> dict | None:
     return {f: int(getattr(analysis, f)) for f in fields if hasattr(analysis, f)}
 
 
+_ELEMENTWISE = {"add", "subtract", "multiply", "divide", "maximum", "minimum", "exponential",
+                "log", "tanh", "rsqrt", "sqrt", "negate", "convert", "select", "compare",
+                "logistic", "power", "abs", "exponential-minus-one", "log-plus-one"}
+
+
+def hlo_fusion_report(hlo_text: str) -> dict:
+    """Counts in the optimised HLO of a compiled step: fusion instructions, and elementwise
+    instructions left outside any fusion (each one a separate kernel reading and writing memory,
+    what a fused norm + activation + residual chain should not produce). Computations that are a
+    fusion's body or a reducer (`calls=`, `to_apply=`) are not counted; loop bodies are."""
+    called = set(re.findall(r"(?:calls|to_apply)=(%[\w.\-]+)", hlo_text))
+    fusions = unfused = copies = 0
+    examples: list[str] = []
+    current = None
+    for line in hlo_text.splitlines():
+        header = re.match(r"^(?:ENTRY\s+)?(%[\w.\-]+)\s.*\{\s*$", line)
+        if header:
+            current = header.group(1)
+            continue
+        if line.startswith("}"):
+            current = None
+            continue
+        op = re.search(r"=\s*[\w\[\]{},:\d\s]*?\s([a-z][\w\-]*)\(", line)
+        if current is None or current in called or not op:
+            continue
+        if op.group(1) == "fusion":
+            fusions += 1
+        elif op.group(1) == "copy":  # a materialised layout change (transpose)
+            copies += 1
+        elif op.group(1) in _ELEMENTWISE:
+            unfused += 1
+            if len(examples) < 5:
+                examples.append(line.strip()[:160])
+    return {"fusions": fusions, "unfused_elementwise": unfused, "copies": copies,
+            "unfused_examples": examples}
+
+
 def device_peak_bytes() -> int | None:
     stats = jax.devices()[0].memory_stats()
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
@@ -170,6 +211,7 @@ def run_case(name, model_name, batch, size, dtype, args, mesh, reference_loss=No
         raise FloatingPointError(f"{name} {dtype}: train loss {float(metrics['loss'])}")
     train_flops = flops_of(compiled)
     train_memory = memory_of(compiled)
+    train_hlo = hlo_fusion_report(compiled.as_text())
     state = compiled = None  # free the train state before the sampler's compile
 
     @jit
@@ -212,6 +254,7 @@ def run_case(name, model_name, batch, size, dtype, args, mesh, reference_loss=No
                        else round(sample_tflops / peak, 4)),
         "compile_s": round(train_compile_s, 2), "sample_compile_s": round(sample_compile_s, 2),
         "train_memory": train_memory, "device_peak_bytes_so_far": device_peak_bytes(),
+        "train_hlo": train_hlo,
         "probe_loss": probe_loss,
     }
     if reference_loss is not None:
@@ -224,12 +267,13 @@ def table(rows: list[dict], header: dict) -> str:
     lines = [f"# device check: {header['device_kind']} x{header['device_count']}, jax "
              f"{header['jax']}, {header['date']}", "",
              "| case | dtype | train img/s | train MFU | sample img-steps/s | sample MFU | "
-             "compile s (train / sample) | train temp MiB | loss vs f32 |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "compile s (train / sample) | train temp MiB | fusions / unfused elementwise | "
+             "loss vs f32 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         if "skipped" in row:
             lines.append(f"| {row['case']} | {row['dtype']} | skipped: {row['skipped']} |"
-                         " | | | | | |")
+                         " | | | | | | |")
             continue
         mfu = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
         memory = row["train_memory"] or {}
@@ -240,6 +284,7 @@ def table(rows: list[dict], header: dict) -> str:
             f"{mfu(row['train_mfu'])} | {row['sample_img_steps_per_s']:,.0f} | "
             f"{mfu(row['sample_mfu'])} | {row['compile_s']} / {row['sample_compile_s']} | "
             f"{'n/a' if temp is None else f'{temp / 2**20:,.0f}'} | "
+            f"{row['train_hlo']['fusions']} / {row['train_hlo']['unfused_elementwise']} | "
             f"{'' if loss is None else f'{loss:.2e}'} |")
     return "\n".join(lines) + "\n"
 

@@ -32,9 +32,43 @@ def test_device_check_tiny_runs_without_the_optional_libraries(tmp_path):
         assert "skipped" not in row, row
         assert row["train_img_per_s"] > 0 and row["sample_img_steps_per_s"] > 0
         assert row["train_flops_per_step"] > 0 and row["train_memory"]["temp_size_in_bytes"] > 0
+        # the optimised HLO was read: fusions found (XLA CPU leaves no elementwise op unfused)
+        assert row["train_hlo"]["fusions"] > 0 and row["train_hlo"]["unfused_elementwise"] >= 0
     for row in rows[1::2]:  # bf16 against float32, on parameters that shape the output
         assert 0 < row["loss_vs_float32"] < report["header"]["loss_tolerance"]
         assert row["loss_matches_float32"]
     assert report["header"]["failures"] == []
     table = (out / "device_check.md").read_text()
     assert table.count("\n| ") == 5 and "ddpm_unet_tiny" in table
+
+
+def test_hlo_fusion_report_counts_only_unfused_elementwise_ops():
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from device_check import hlo_fusion_report
+
+    hlo = """HloModule m
+%fused_computation (p0: f32[4], p1: f32[4]) -> f32[4] {
+  %p0 = f32[4]{0} parameter(0)
+  %p1 = f32[4]{0} parameter(1)
+  ROOT %add.1 = f32[4]{0} add(%p0, %p1)
+}
+%region_add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %add.2 = f32[] add(%a, %b)
+}
+ENTRY %main (x: f32[4], y: f32[4]) -> f32[] {
+  %x = f32[4]{0} parameter(0)
+  %y = f32[4]{0} parameter(1)
+  %fusion = f32[4]{0} fusion(%x, %y), kind=kLoop, calls=%fused_computation
+  %multiply.3 = f32[4]{0} multiply(%fusion, %y)
+  %copy.1 = f32[4]{0} copy(%multiply.3)
+  %c = f32[] constant(0)
+  ROOT %reduce = f32[] reduce(%copy.1, %c), dimensions={0}, to_apply=%region_add
+}
+"""
+    report = hlo_fusion_report(hlo)
+    assert (report["fusions"], report["unfused_elementwise"], report["copies"]) == (1, 1, 1)
+    assert "multiply.3" in report["unfused_examples"][0]
