@@ -15,8 +15,9 @@ data      name (a TFDS set, "digits", or "folder"), path (folder), data_dir (TFD
 model     name "unet" (denoising-diffusion-pytorch's Unet: dim, dim_mults, resnet_block_groups,
           learned_sinusoidal_cond, random_fourier_features, learned_sinusoidal_dim,
           sinusoidal_pos_emb_theta, init_dim, attn_heads, attn_dim_head, full_attn,
-          self_cond_first: the self-conditioning channel order) or "ddpm_unet" (Ho et al.'s CIFAR-10 net: dim is its ch,
-          dim_mults its ch_mult, num_res_blocks, attn_resolutions); dropout, num_classes
+          self_cond_first: the self-conditioning channel order) or "ddpm_unet" (Ho et al.'s
+          CIFAR-10 net: dim is its ch, dim_mults its ch_mult, num_res_blocks,
+          attn_resolutions); dropout, num_classes
           (0: unconditional), self_condition, dtype (bfloat16: bf16 compute, float32 params),
           remat (U-Nets: recompute ResNet-block activations in the backward pass),
           learned_variance (the model also outputs v, the interpolation of its reverse

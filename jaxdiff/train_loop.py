@@ -81,9 +81,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: DataSource) 
     try:
         mesh = sharding.make_mesh(config.train.get("num_devices", 0) or None,
                                   fsdp=config.train.get("fsdp", 1))
-    except ValueError as error:
-        raise ConfigError(f"config.train.fsdp={config.train.get('fsdp', 1)} is invalid: "
-                          f"{error}") from None
+    except ValueError as error:  # (validate_config has checked both fields already)
+        raise ConfigError(f"config.train: {error}") from None
     try:
         sharding.check_batch_size(config.train.batch_size, mesh)
     except ValueError as error:
@@ -94,7 +93,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, source: DataSource) 
     state = sharding.put_state(state, mesh)  # replicated, or split along "fsdp"
 
     checkpointer = Checkpointer(workdir, max_to_keep=config.train.keep_checkpoints)
-    restored = checkpointer.restore_newest_good(state)  # onto the replicated layout
+    restored = checkpointer.restore_newest_good(state)  # onto the state's layout
     if restored is not None:
         state = restored[0]
         if int(state.step) > config.train.steps:

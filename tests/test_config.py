@@ -175,3 +175,21 @@ def test_a_warm_up_as_long_as_the_run_is_warned(warmup, steps, warned):
     expected = [f"config.optim.warmup_steps={warmup} >= config.train.steps={steps}: the run "
                 f"trains only during warm-up (the learning rate never reaches optim.lr=0.001)"]
     assert config_warnings(config) == (expected if warned else [])
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("model.attn_heads", (4, 4, 4), "config.model.attn_heads=(4, 4, 4) is invalid: an integer"),
+    ("model.full_attn", (True,), "config.model.full_attn=(True,) is invalid"),
+    ("model.init_dim", -1, "config.model.init_dim=-1 is invalid"),
+    ("train.fsdp", 3, "config.train.fsdp=3 is invalid: an integer >= 1 dividing the devices"),
+])
+def test_unet_port_fields_and_fsdp_are_validated(field, value, needle):
+    config = load_config("digits")  # dim_mults (1, 2): two stages
+    section, name = field.split(".")
+    del config[section][name]  # a ConfigDict field keeps its first type
+    config[section][name] = value
+    if field == "train.fsdp":
+        config.train.num_devices = 1
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    assert needle in one_line(error)
