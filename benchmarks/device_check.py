@@ -53,6 +53,8 @@ from jaxdiff.compilation import jit
 from jaxdiff.models import DDPMUnet, Unet
 from jaxdiff.training import LinenApply, create_train_state, make_optimizer, make_train_step
 
+from throughput import flops_of, timed  # (benchmarks/ is the script's directory)
+
 LOSS_TOLERANCE = 3e-2  # bf16 compute vs float32, relative, on the first step's loss
 
 # Dense peak TFLOP/s per chip: (bfloat16, float32 as the matmul unit runs it by default).
@@ -93,13 +95,6 @@ def build(model_name: str, dtype: str, tiny: bool, remat: bool = False):
     if tiny:
         return Unet(dim=8, dim_mults=(1,), **kwargs)
     return Unet(dim=64, dim_mults=(1, 2, 4, 8), **kwargs)
-
-
-def flops_of(compiled) -> float | None:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else None
-    return float(cost["flops"]) if cost and "flops" in cost else None
 
 
 def memory_of(compiled) -> dict | None:
@@ -169,12 +164,6 @@ def probe_params(params, key):
             leaf = jax.random.normal(k, leaf.shape, leaf.dtype) / np.sqrt(fan_in)
         out.append(leaf)
     return jax.tree.unflatten(treedef, out)
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def run_case(name, model_name, batch, size, dtype, args, mesh, reference_loss=None,

@@ -225,7 +225,7 @@ def _torch_module(path: tuple[str, ...], num_stages: int) -> str:
     return ".".join([head] + [names.get(part, part) for part in rest])
 
 
-def _torch_name(path: tuple[str, ...], ndim: int, num_stages: int) -> str:
+def _torch_name(path: tuple[str, ...], num_stages: int) -> str:
     leaf = path[-1]
     module = _torch_module(path[:-1], num_stages) if len(path) > 1 else ""
     name = {"kernel": "weight", "scale": "weight"}.get(leaf, leaf)
@@ -274,7 +274,7 @@ def unet_params(unet_state: dict[str, np.ndarray], model, *, dtype=np.float32) -
         if path[0] == "label_emb":
             raise ConfigError("num_classes > 0: denoising-diffusion-pytorch's Unet has no label "
                               "embedding")
-        name = _torch_name(path, len(leaf.shape), num_stages)
+        name = _torch_name(path, num_stages)
         want = _torch_shape(tuple(leaf.shape), path[-1])
         if name not in unet_state:
             raise ConfigError(f"missing tensor {name!r}: {architecture} needs it (shape {want})")
