@@ -12,9 +12,13 @@ each in bfloat16 compute (float32 parameters) and float32, then DDPMUnet at 256 
   train_img_per_s        the library's jitted train step (loss, grads, clipped AdamW, EMA;
                          state donated), median of `repeats` timed runs of `steps` steps
   sample_img_steps_per_s `jaxdiff.ddim_sample` (one network call per image and step)
-  train_mfu, sample_mfu  achieved FLOP/s (XLA's cost analysis of the compiled step) over the
-                         card's dense peak for the compute dtype (PEAK_TFLOPS, by device_kind;
-                         float32 matmuls on GPUs run as TF32 by default, so its peak is used)
+  train_mfu, sample_mfu  model FLOP/s over the card's dense peak for the compute dtype
+                         (PEAK_TFLOPS, by device_kind; float32 matmuls on GPUs run as TF32 by
+                         default, so its peak is used). Model FLOPs are the matmul and conv
+                         FLOPs of the forward pass counted from its jaxpr (throughput.model_flops:
+                         12.44 GFLOP per 32x32 image for DDPMUnet, Ho et al.'s count), 3x that per
+                         training image. XLA's own cost analysis is kept as xla_train_flops_per_step
+                         but on GPUs it omits the cuDNN convolutions (about 1/30 of the work).
   compile_s              ahead-of-time compile of the train step and the sampler
   memory                 XLA's memory analysis of the compiled train step (arguments, outputs,
                          temporaries), and the device's peak bytes in use so far (GPU / TPU)
@@ -53,7 +57,7 @@ from jaxdiff.compilation import jit
 from jaxdiff.models import DDPMUnet, Unet
 from jaxdiff.training import LinenApply, create_train_state, make_optimizer, make_train_step
 
-from throughput import flops_of, timed  # (benchmarks/ is the script's directory)
+from throughput import flops_of, model_flops, timed  # (benchmarks/ is the script's directory)
 
 LOSS_TOLERANCE = 3e-2  # bf16 compute vs float32, relative, on the first step's loss
 
@@ -183,9 +187,15 @@ def run_case(name, model_name, batch, size, dtype, args, mesh, reference_loss=No
                                                        jnp.float32, -1.0, 1.0)},
                               sharding.batch_sharding(mesh)) for i in range(2)]
     compiled, train_compile_s = timed(lambda: step.lower(state, batches[0]).compile())
-    probe_loss = float(jax.jit(lambda p, x: jaxdiff.diffusion_loss(
-        functools.partial(model.apply, p), schedule, x, jax.random.key(5))[0])(
-            probe_params(params, jax.random.key(6)), batches[0]["x"]))
+    def probe_loss_of(net):
+        return float(jax.jit(lambda p, x: jaxdiff.diffusion_loss(
+            functools.partial(net.apply, p), schedule, x, jax.random.key(5))[0])(
+                probe_params(params, jax.random.key(6)), batches[0]["x"]))
+
+    probe_loss = probe_loss_of(model)
+    if dtype != "float32" and reference_loss is None:  # a bf16 case run without its f32 row
+        reference_loss = probe_loss_of(build(model_name, "float32", args.tiny, remat))
+    forward_flops = model_flops(model.apply, params, x0, jnp.zeros((batch,), jnp.int32))
     for i in range(args.warmup):
         state, metrics = compiled(state, batches[i % 2])
     jax.block_until_ready(state)
@@ -198,9 +208,13 @@ def run_case(name, model_name, batch, size, dtype, args, mesh, reference_loss=No
         rates.append(args.steps * batch / (time.perf_counter() - start))
     if not np.isfinite(float(metrics["loss"])):
         raise FloatingPointError(f"{name} {dtype}: train loss {float(metrics['loss'])}")
-    train_flops = flops_of(compiled)
+    xla_train_flops = flops_of(compiled)
+    train_flops = 3.0 * forward_flops
     train_memory = memory_of(compiled)
     train_hlo = hlo_fusion_report(compiled.as_text())
+    if args.hlo_case == f"{name}_{dtype}":
+        with open(os.path.join(args.out, f"{name}_{dtype}.hlo.txt"), "w") as handle:
+            handle.write(compiled.as_text())
     state = compiled = None  # free the train state before the sampler's compile
 
     @jit
@@ -220,7 +234,7 @@ def run_case(name, model_name, batch, size, dtype, args, mesh, reference_loss=No
         sample_rates.append(batch * args.sample_steps / (time.perf_counter() - start))
     if not np.all(np.isfinite(np.asarray(out))):
         raise FloatingPointError(f"{name} {dtype}: samples are not finite")
-    sample_flops = flops_of(sampler)  # one scan body: one network call of the batch + update
+    sample_flops = forward_flops  # per step: one network call of the batch
 
     kind = jax.devices()[0].device_kind
     peak = peak_tflops(kind, dtype)
@@ -233,7 +247,7 @@ def run_case(name, model_name, batch, size, dtype, args, mesh, reference_loss=No
         "train_img_per_s": round(train_rate, 2),
         "train_img_per_s_runs": [round(r, 2) for r in rates],
         "sample_img_steps_per_s": round(sample_rate, 2),
-        "train_flops_per_step": train_flops,
+        "train_flops_per_step": train_flops, "xla_train_flops_per_step": xla_train_flops,
         "train_tflop_per_s": train_tflops and round(train_tflops, 3),
         "sample_tflop_per_s": sample_tflops and round(sample_tflops, 3),
         "peak_tflop_per_s": peak,
@@ -278,12 +292,28 @@ def table(rows: list[dict], header: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(out: str, header: dict, rows: list[dict], failures: list[str],
+                 start: float) -> str:
+    header["seconds"] = round(time.perf_counter() - start, 1)
+    header["failures"] = failures
+    with open(os.path.join(out, "device_check.json"), "w") as handle:
+        json.dump({"header": header, "rows": rows}, handle, indent=1)
+    text = table(rows, header)
+    with open(os.path.join(out, "device_check.md"), "w") as handle:
+        handle.write(text)
+    return text
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="toy sizes (CPU, CI)")
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="output folder")
     parser.add_argument("--budget_s", type=float, default=None,
                         help="stop starting cases after this many seconds (default 300; tiny 600)")
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated CASE or CASE_DTYPE names to run (default: all)")
+    parser.add_argument("--hlo_case", default="ddpm_unet_b128_bfloat16",
+                        help="write this case's optimised train-step HLO (CASE_DTYPE) to --out")
     args = parser.parse_args(argv)
     args.steps, args.warmup, args.repeats = (2, 1, 2) if args.tiny else (10, 2, 3)
     args.sample_steps = 3 if args.tiny else 20
@@ -300,6 +330,8 @@ def main(argv=None) -> int:
                                                          else FULL_CASES):
         reference = None
         for dtype in dtypes:
+            if args.cases and not {name, f"{name}_{dtype}"} & set(args.cases.split(",")):
+                continue
             if time.perf_counter() - start > budget:
                 rows.append({"case": name, "dtype": dtype, "skipped": "time budget"})
                 continue
@@ -314,13 +346,8 @@ def main(argv=None) -> int:
             reference = row["probe_loss"] if dtype == "float32" else reference
             rows.append(row)
             print(json.dumps(row), flush=True)
-    header["seconds"] = round(time.perf_counter() - start, 1)
-    header["failures"] = failures
-    with open(os.path.join(args.out, "device_check.json"), "w") as handle:
-        json.dump({"header": header, "rows": rows}, handle, indent=1)
-    text = table(rows, header)
-    with open(os.path.join(args.out, "device_check.md"), "w") as handle:
-        handle.write(text)
+            text = write_report(args.out, header, rows, failures, start)  # kept if cut short
+    text = write_report(args.out, header, rows, failures, start)
     print(text)
     bad = [r["case"] for r in rows if r.get("loss_matches_float32") is False]
     for message in failures:

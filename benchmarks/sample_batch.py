@@ -66,7 +66,8 @@ def main(argv=None):
         print(json.dumps({"model": args.model, "batch": batch, "steps": steps,
                           "img_steps_per_s": round(statistics.median(rates), 1),
                           "runs": [round(r, 1) for r in rates],
-                          "compile_s": round(compile_s, 2), "device": jax.devices()[0].device_kind}),
+                          "compile_s": round(compile_s, 2),
+                          "device": jax.devices()[0].device_kind}),
               flush=True)
 
 

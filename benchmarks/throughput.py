@@ -82,6 +82,39 @@ def flops_of(compiled) -> float | None:
     return float(cost["flops"]) if cost and "flops" in cost else None
 
 
+def _jaxpr_matmul_flops(jaxpr) -> float:
+    """2 x multiply-adds of every dot_general and conv_general_dilated in a jaxpr, descending
+    into sub-jaxprs (jit, remat, custom_vjp, scan bodies times their length)."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs_shape = eqn.invars[0].aval.shape
+            contracted = np.prod([lhs_shape[d] for d in lhs_contract]) if lhs_contract else 1
+            total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * contracted
+        elif name == "conv_general_dilated":
+            rhs_shape = eqn.invars[1].aval.shape
+            out_features = rhs_shape[eqn.params["dimension_numbers"].rhs_spec[0]]
+            # each output element: one multiply-add per kernel tap and input feature of its group
+            total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * np.prod(rhs_shape) / out_features
+        else:
+            multiplier = eqn.params.get("length", 1) if name == "scan" else 1
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, (tuple, list)) else (value,):
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        total += multiplier * _jaxpr_matmul_flops(inner)
+    return total
+
+
+def model_flops(fn, *args) -> float:
+    """Matmul and convolution FLOPs of one call of `fn(*args)`, counted from its jaxpr, so the
+    same on every backend (XLA's cost analysis of a GPU executable omits cuDNN convolutions).
+    The MFU convention: a training step is 3x the forward pass, recomputation not counted."""
+    return float(_jaxpr_matmul_flops(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
 def temp_bytes_of(compiled) -> int | None:
     """XLA's temporary buffer bytes of one call (activations kept for the backward pass, ...)."""
     try:
@@ -183,12 +216,15 @@ def main(argv=None) -> dict:
     t = jnp.zeros((1,), jnp.int32)
     params = jax.jit(model.init)(jax.random.key(args.seed), x, t)
     num_params = int(sum(leaf.size for leaf in jax.tree.leaves(params)))
+    forward_flops = model_flops(model.apply, params, x, t)  # per image
     load_before = os.getloadavg()[0]
 
-    (train_rates, train_cpu_s, train_others, train_compile_s, train_flops,
+    (train_rates, train_cpu_s, train_others, train_compile_s, xla_train_flops,
      train_temp_bytes) = benchmark_train(args, model, params, mesh)
-    sample_rates, sample_others, sample_compile_s, sample_flops = benchmark_sample(
+    sample_rates, sample_others, sample_compile_s, xla_sample_flops = benchmark_sample(
         args, model, params, mesh)
+    # Model FLOPs (the MFU convention; torch_reference.py counts with FlopCounterMode).
+    train_flops, sample_flops = 3.0 * forward_flops * args.batch, forward_flops * args.batch
 
     train_img_per_s = statistics.median(train_rates)
     step_s = args.batch / train_img_per_s
@@ -218,10 +254,11 @@ def main(argv=None) -> dict:
         "compile_s": round(train_compile_s, 2),
         "sample_compile_s": round(sample_compile_s, 2),
         "train_flops_per_step": train_flops,
-        "train_tflop_per_s": None if train_flops is None else round(train_flops / step_s / 1e12, 4),
+        "train_tflop_per_s": round(train_flops / step_s / 1e12, 4),
         "sample_flops_per_step": sample_flops,
-        "sample_tflop_per_s": None if sample_flops is None else round(
+        "sample_tflop_per_s": round(
             sample_flops * statistics.median(sample_rates) / args.batch / 1e12, 4),
+        "xla_train_flops_per_step": xla_train_flops, "xla_sample_flops_per_step": xla_sample_flops,
         "device_kind": jax.devices()[0].device_kind, "platform": jax.default_backend(),
         "device_count": jax.device_count(), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],

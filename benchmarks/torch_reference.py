@@ -1,4 +1,4 @@
-"""The PyTorch reference for benchmarks/throughput.py: denoising-diffusion-pytorch at the same config.
+"""The PyTorch reference for benchmarks/throughput.py: denoising-diffusion-pytorch, same config.
 
 Runs in its own virtual environment; torch is never a dependency of jaxdiff:
 
@@ -66,8 +66,9 @@ def install_import_stubs() -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_shared_args(parser, dtype_help="bfloat16 runs the step under CPU autocast")
+    add_shared_args(parser, dtype_help="bfloat16 runs the step under autocast (CPU or CUDA)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu or cuda")
     parser.add_argument("--package_dir", default=None,
                         help="directory holding another denoising_diffusion_pytorch release")
     return parse(parser, argv)
@@ -89,14 +90,20 @@ def main(argv=None) -> dict:
     model = Unet(dim=args.dim, dim_mults=args.dim_mults, channels=args.channels)
     diffusion = GaussianDiffusion(model, image_size=args.image_size, timesteps=1000,
                                   sampling_timesteps=args.sample_steps, objective=args.objective,
-                                  beta_schedule="cosine")
+                                  beta_schedule="cosine").to(args.device)
+    device_type = torch.device(args.device).type
     params = [p for p in diffusion.parameters() if p.requires_grad]
     ema_params = [p.detach().clone() for p in params]
     optimizer = torch.optim.Adam(params, lr=1e-4)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16,
+                              enabled=args.dtype == "bfloat16")
     shape = (args.batch, args.channels, args.image_size, args.image_size)
     # auto_normalize: GaussianDiffusion takes images in [0, 1].
-    batches = [torch.rand(shape) for _ in range(2)]
+    batches = [torch.rand(shape, device=args.device) for _ in range(2)]
+
+    def synchronize():
+        if device_type == "cuda":
+            torch.cuda.synchronize()
 
     def train_step(x):
         with autocast:
@@ -112,6 +119,7 @@ def main(argv=None) -> dict:
     diffusion.train()
     start = time.perf_counter()
     train_step(batches[0])
+    synchronize()
     first_step_s = time.perf_counter() - start
     with FlopCounterMode(display=False) as counter:
         train_step(batches[1])
@@ -123,7 +131,7 @@ def main(argv=None) -> dict:
         start, start_cpu, start_busy = time.perf_counter(), time.process_time(), cpu_busy_seconds()
         for i in range(args.steps):
             loss = train_step(batches[i % 2])
-        loss = float(loss.detach())  # eager CPU ops are synchronous; this reads the value
+        loss = float(loss.detach())  # reads the value: waits for the queued device work
         wall, own = time.perf_counter() - start, time.process_time() - start_cpu
         train_rates.append(args.steps * args.batch / wall)
         cpu_s.append(own / args.steps)
@@ -138,17 +146,19 @@ def main(argv=None) -> dict:
     assert diffusion.is_ddim_sampling
     start = time.perf_counter()
     sample()
+    synchronize()
     first_sample_s = time.perf_counter() - start
     sample_rates, sample_others = [], []
     for _ in range(args.repeats):
         start, start_cpu, start_busy = time.perf_counter(), time.process_time(), cpu_busy_seconds()
         for _ in range(args.sample_calls):
             samples = sample()
+        synchronize()
         wall = time.perf_counter() - start
         sample_rates.append(args.sample_calls * args.batch * args.sample_steps / wall)
         sample_others.append(others_cpu_share(start_busy, cpu_busy_seconds(),
                                               time.process_time() - start_cpu, wall))
-    if not (torch.isfinite(samples).all() and torch.isfinite(torch.tensor(loss))):
+    if not (bool(torch.isfinite(samples).all()) and torch.isfinite(torch.tensor(loss))):
         raise FloatingPointError("non-finite loss or samples")
 
     train_img_per_s = statistics.median(train_rates)
@@ -175,7 +185,8 @@ def main(argv=None) -> dict:
         "first_step_s": round(first_step_s, 3), "first_sample_s": round(first_sample_s, 3),
         "train_flops_per_step": train_flops,
         "train_tflop_per_s": round(train_flops / step_s / 1e12, 4),
-        "device_kind": "cpu", "device_count": 1, "threads": torch.get_num_threads(),
+        "device_kind": (torch.cuda.get_device_name() if device_type == "cuda" else "cpu"),
+        "device_count": 1, "threads": torch.get_num_threads(),
         "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }

@@ -72,3 +72,42 @@ ENTRY %main (x: f32[4], y: f32[4]) -> f32[] {
     report = hlo_fusion_report(hlo)
     assert (report["fusions"], report["unfused_elementwise"], report["copies"]) == (1, 1, 1)
     assert "multiply.3" in report["unfused_examples"][0]
+
+
+def test_model_flops_counts_matmuls_and_convolutions_by_closed_form():
+    """throughput.model_flops against hand counts: 2 x multiply-adds per output element."""
+    import sys
+
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from throughput import model_flops
+
+    x = jnp.ones((2, 8, 8, 5))
+    conv = nn.Conv(7, (3, 3), padding="SAME")
+    params = conv.init(jax.random.key(0), x)
+    assert model_flops(conv.apply, params, x) == 2 * (2 * 8 * 8 * 7) * (3 * 3 * 5)
+    strided = nn.Conv(6, (4, 4), strides=2, padding=1)
+    params = strided.init(jax.random.key(0), x)
+    assert model_flops(strided.apply, params, x) == 2 * (2 * 4 * 4 * 6) * (4 * 4 * 5)
+    grouped = nn.Conv(10, (3, 3), feature_group_count=5)
+    params = grouped.init(jax.random.key(0), x)
+    assert model_flops(grouped.apply, params, x) == 2 * (2 * 8 * 8 * 10) * (3 * 3 * 1)
+
+    w = jnp.ones((5, 3))
+
+    def scanned(w, h):  # a Dense inside jit inside a 4-step scan: 4 x 2 * 16 * 5 * 3
+        step = jax.jit(lambda carry, _: (carry, carry @ w))
+        return jax.lax.scan(step, h, None, length=4)[1]
+
+    assert model_flops(scanned, w, jnp.ones((16, 5))) == 4 * 2 * 16 * 5 * 3
+    # batched matmul (attention's q @ k^T): batch dims count once, contraction once
+    q, k = jnp.ones((3, 4, 10, 8)), jnp.ones((3, 4, 12, 8))
+    assert model_flops(lambda q, k: jnp.einsum("bhid,bhjd->bhij", q, k), q, k) == (
+        2 * 3 * 4 * 10 * 12 * 8)
+    # rematerialised blocks count once (the MFU convention: recomputation is not model work)
+    block = nn.remat(nn.Dense)(4)
+    params = block.init(jax.random.key(0), jnp.ones((2, 5)))
+    assert model_flops(block.apply, params, jnp.ones((2, 5))) == 2 * 2 * 5 * 4
