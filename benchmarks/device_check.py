@@ -135,7 +135,8 @@ def hlo_fusion_report(hlo_text: str) -> dict:
         if line.startswith("}"):
             current = None
             continue
-        op = re.search(r"=\s*[\w\[\]{},:\d\s]*?\s([a-z][\w\-]*)\(", line)
+        # the result type is an array type or, for multi-output fusions, a tuple of them
+        op = re.search(r"=\s*(?:\([^=]*?\)|[\w\[\]{},:]+)\s+([a-z][\w\-]*)\(", line)
         if current is None or current in called or not op:
             continue
         if op.group(1) == "fusion":

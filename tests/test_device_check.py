@@ -63,6 +63,7 @@ ENTRY %main (x: f32[4], y: f32[4]) -> f32[] {
   %x = f32[4]{0} parameter(0)
   %y = f32[4]{0} parameter(1)
   %fusion = f32[4]{0} fusion(%x, %y), kind=kLoop, calls=%fused_computation
+  %multi = (f32[4]{0}, pred[]) fusion(%x, %y), kind=kLoop, calls=%fused_computation
   %multiply.3 = f32[4]{0} multiply(%fusion, %y)
   %copy.1 = f32[4]{0} copy(%multiply.3)
   %c = f32[] constant(0)
@@ -70,7 +71,7 @@ ENTRY %main (x: f32[4], y: f32[4]) -> f32[] {
 }
 """
     report = hlo_fusion_report(hlo)
-    assert (report["fusions"], report["unfused_elementwise"], report["copies"]) == (1, 1, 1)
+    assert (report["fusions"], report["unfused_elementwise"], report["copies"]) == (2, 1, 1)
     assert "multiply.3" in report["unfused_examples"][0]
 
 
