@@ -158,6 +158,7 @@ def train_step(
     ema_decay: float = 0.9999,
     ema_warmup: bool = True,
     takes_key: bool = False,
+    gather_params: Callable[[Any], Any] | None = None,
 ) -> tuple[TrainState, dict[str, Array]]:
     """One optimiser step on `batch["x"]` (other entries of `batch`, e.g. "labels", are passed
     to the model as keywords).
@@ -170,6 +171,9 @@ def train_step(
       `cond_drop_prob` is a schedule of the step (`cond_drop_schedule`): its value at
       `state.step` is the label-dropout probability, and is logged.
     ema_decay, ema_warmup: the EMA of the parameters (`ema_decay_at`, `ema_update`).
+    gather_params: applied to the parameters the forward and backward passes see (FSDP: a
+      sharding constraint that all-gathers them, so the network runs data-parallel on whole
+      weights while the stored state stays split; `make_train_step` sets it).
 
     A non-finite loss, gradient or update leaves the state unchanged except the step and the
     skip counters (`skipped`, `skip_streak`), so a state never holds NaN or inf.
@@ -182,6 +186,8 @@ def train_step(
         loss_kwargs["cond_drop_prob"] = loss_kwargs["cond_drop_prob"](state.step)
 
     def loss_fn(params):
+        if gather_params is not None:
+            params = gather_params(params)
         model_fn = (functools.partial(apply_fn, params, key=key_dropout) if takes_key
                     else functools.partial(apply_fn, params))
         loss, per_example = diffusion_loss(model_fn, schedule, batch["x"], key_loss, cond=cond,
@@ -229,10 +235,20 @@ def make_train_step(apply_fn, optimizer, schedule: Schedule, *,
     """
     if steps_per_call < 1:
         raise ValueError(f"steps_per_call={steps_per_call} is invalid: an integer >= 1")
+    gather_params = None
+    if mesh is not None and mesh.shape.get("fsdp", 1) > 1:
+        from jaxdiff.sharding import replicated
+
+        # ZeRO-3 style: whole weights for the network, split state for the update. Without this
+        # XLA partitions the matmuls by the weights' split and reshards activations between
+        # layers ("involuntary full rematerialization", e.g. of the time MLP's scale-shift).
+        def gather_params(params):
+            return jax.lax.with_sharding_constraint(params, replicated(mesh))
+
     step = functools.partial(
         train_step, apply_fn=apply_fn, optimizer=optimizer, schedule=schedule,
         loss_kwargs=dict(loss_kwargs or {}), ema_decay=ema_decay, ema_warmup=ema_warmup,
-        takes_key=takes_key,
+        takes_key=takes_key, gather_params=gather_params,
     )
     if steps_per_call > 1:
         single = step

@@ -16,10 +16,12 @@ def xla_flags(devices):
     return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
 
 
-def run_check(*arguments, devices=8):
+def run_check(*arguments, devices=8, stderr_excludes=None):
     env = dict(os.environ, XLA_FLAGS=xla_flags(devices))
     done = run_script("tests/sharding_checks.py", *arguments, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    if stderr_excludes:
+        assert stderr_excludes not in done.stderr, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -35,8 +37,10 @@ def test_sharded_train_step_matches_single_device(model, steps, per_call):
 
 def test_fsdp_and_remat_step_equals_the_replicated_step():
     # The Unet's state split over fsdp=4 (mesh 2 x 4) with rematerialised ResNet blocks, against
-    # the replicated plain step on the same 8 devices and batches.
-    result = run_check("fsdp_equivalence", "4", "3", "1")
+    # the replicated plain step on the same 8 devices and batches. The network sees whole
+    # (gathered) weights, so XLA never reshards activations between layers: no rematerialization.
+    result = run_check("fsdp_equivalence", "4", "3", "1",
+                       stderr_excludes="Involuntary full rematerialization")
     assert result["devices"] == 8 and result["step"] == 3 and result["large_leaves_sharded"]
     tolerance = 1e-6 * max(result["param_scale"], 1.0)  # a few ulps: reduction order
     for name in ("loss", "params", "ema", "opt_state"):
