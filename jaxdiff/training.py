@@ -214,7 +214,8 @@ def train_step(
         skipped=state.skipped + (~finite).astype(jnp.int32),
         skip_streak=jnp.where(finite, 0, state.skip_streak + 1).astype(jnp.int32),
     )
-    metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": new_state.skipped.astype(jnp.float32)}
+    metrics = {"loss": loss, "grad_norm": grad_norm,
+               "skipped": new_state.skipped.astype(jnp.float32)}
     if loss_kwargs.get("null_cond") is not None:
         metrics["cond_drop_prob"] = jnp.asarray(loss_kwargs.get("cond_drop_prob", 0.0), jnp.float32)
     return new_state, metrics
