@@ -207,3 +207,27 @@ def test_unet_param_tree_does_not_depend_on_image_size():
     small = flax.traverse_util.flatten_dict(param_shapes(model, *inputs(1, 8, 1))["params"])
     large = flax.traverse_util.flatten_dict(param_shapes(model, *inputs(1, 16, 1))["params"])
     assert {k: v.shape for k, v in small.items()} == {k: v.shape for k, v in large.items()}
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+@pytest.mark.parametrize("shape, groups", [((3, 7, 5, 12), 4), ((2, 3, 128, 96), 8),
+                                           ((2, 6, 16), 2)])
+def test_group_norm_equals_flax_group_norm_on_every_path(monkeypatch, backend, shape, groups):
+    """jaxdiff's GroupNorm takes its statistics through a small matrix product on the CPU backend
+    (row sums and a [W*C, C] group-mean matrix), and per-channel means elsewhere and when that
+    matrix would exceed 2^20 entries (the 128 x 96 case); every path is nn.GroupNorm's function
+    (float64 here, so the comparison is exact to rounding), including a gain and bias."""
+    from jaxdiff.models.layers import GroupNorm
+
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    with jax.enable_x64(True):
+        x = jnp.asarray(np.random.default_rng(0).normal(1.5, 2.0, shape))
+        ours = GroupNorm(groups, epsilon=1e-5, dtype=jnp.float64, param_dtype=jnp.float64)
+        reference = flax.linen.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=jnp.float64,
+                                         param_dtype=jnp.float64)
+        variables = reference.init(jax.random.key(0), x)
+        variables = jax.tree.map(
+            lambda v: v + jnp.asarray(np.random.default_rng(1).normal(size=v.shape)), variables)
+        got, want = ours.apply(variables, x), reference.apply(variables, x)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
