@@ -7,7 +7,8 @@ Needs only jax, flax, optax and numpy (no TFDS, matplotlib, scikit-learn, ml_col
 the jaxdiff modules it imports do not import them). For each case — DDPMUnet (Ho et al.'s
 CIFAR-10 net, 35.7M) at batch 128 and 256 on 32x32x3, and the dim-64 Unet (1,2,4,8) on 64x64x3,
 each in bfloat16 compute (float32 parameters) and float32, then DDPMUnet at 256 in bf16 with
-`remat` (its memory and speed against the plain step) — it measures, compile time excluded:
+`remat` (its memory and speed against the plain step) and at 512 in bf16 — it measures, compile
+time excluded:
 
   train_img_per_s        the library's jitted train step (loss, grads, clipped AdamW, EMA;
                          state donated), median of `repeats` timed runs of `steps` steps
@@ -17,8 +18,9 @@ each in bfloat16 compute (float32 parameters) and float32, then DDPMUnet at 256 
                          default, so its peak is used). Model FLOPs are the matmul and conv
                          FLOPs of the forward pass counted from its jaxpr (throughput.model_flops:
                          12.44 GFLOP per 32x32 image for DDPMUnet, Ho et al.'s count), 3x that per
-                         training image. XLA's own cost analysis is kept as xla_train_flops_per_step
-                         but on GPUs it omits the cuDNN convolutions (about 1/30 of the work).
+                         training image. XLA's own cost analysis is kept as
+                         xla_train_flops_per_step; on GPUs it omits the cuDNN convolutions (on
+                         the H200 it counted 1/30 of DDPMUnet's work).
   compile_s              ahead-of-time compile of the train step and the sampler
   memory                 XLA's memory analysis of the compiled train step (arguments, outputs,
                          temporaries), and the device's peak bytes in use so far (GPU / TPU)
@@ -74,6 +76,7 @@ FULL_CASES = [  # (name, model, batch, image size, dtypes, remat), in priority o
     ("unet64_64px_b64", "unet", 64, 64, ("float32", "bfloat16"), False),
     ("ddpm_unet_b256", "ddpm_unet", 256, 32, ("float32", "bfloat16"), False),
     ("ddpm_unet_b256_remat", "ddpm_unet", 256, 32, ("bfloat16",), True),
+    ("ddpm_unet_b512", "ddpm_unet", 512, 32, ("bfloat16",), False),  # the fixed cost per step
 ]
 TINY_CASES = [
     ("ddpm_unet_tiny", "ddpm_unet", 4, 4, ("float32", "bfloat16"), False),
@@ -316,6 +319,12 @@ def main(argv=None) -> int:
     parser.add_argument("--hlo_case", default="ddpm_unet_b128_bfloat16",
                         help="write this case's optimised train-step HLO (CASE_DTYPE) to --out")
     args = parser.parse_args(argv)
+    known = {name for name, *_ in TINY_CASES + FULL_CASES} | {
+        f"{name}_{dtype}" for name, _, _, _, dtypes, _ in TINY_CASES + FULL_CASES
+        for dtype in dtypes}
+    unknown = sorted(set(args.cases.split(",")) - known) if args.cases else []
+    if unknown:
+        parser.error(f"--cases={args.cases} is invalid: unknown {unknown}; known: {sorted(known)}")
     args.steps, args.warmup, args.repeats = (2, 1, 2) if args.tiny else (10, 2, 3)
     args.sample_steps = 3 if args.tiny else 20
     budget = args.budget_s or (600.0 if args.tiny else 300.0)
@@ -325,7 +334,7 @@ def main(argv=None) -> int:
     header = {"device_kind": jax.devices()[0].device_kind, "platform": jax.default_backend(),
               "device_count": jax.device_count(), "jax": jax.__version__,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "tiny": args.tiny,
-              "loss_tolerance": LOSS_TOLERANCE}
+              "loss_tolerance": LOSS_TOLERANCE, "xla_flags": os.environ.get("XLA_FLAGS", "")}
     rows, failures = [], []
     for name, model_name, batch, size, dtypes, remat in (TINY_CASES if args.tiny
                                                          else FULL_CASES):
