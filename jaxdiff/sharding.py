@@ -3,8 +3,8 @@
 The mesh has two axes, ("data", "fsdp"). Batches are split over both (every device gets different
 examples). Parameters, EMA parameters and optimiser state are replicated over "data" and, when
 the "fsdp" axis is longer than 1 (`train.fsdp`), split along it (`param_sharding`: ZeRO-3 /
-FSDP, each large leaf cut along one axis; XLA gathers a layer's weights where it is used and
-reduce-scatters its gradients), so each device holds 1 / fsdp of them. The
+FSDP, each large leaf cut along one axis; the train step all-gathers the weights the network
+uses and XLA reduce-scatters their gradients), so each device stores 1 / fsdp of them. The
 per-example noise of the loss is drawn for the *global* batch with JAX's partitionable threefry
 RNG, so every device draws its own slice (no two devices share noise) and a sharded step computes
 the same numbers as a single-device step on the same global batch.
