@@ -93,6 +93,31 @@ def test_a_non_finite_update_is_skipped_like_a_non_finite_gradient():
     assert not bool(all_finite({"a": jnp.array([1.0, jnp.nan]), "step": jnp.int32(3)}))
 
 
+def _compiled_instruction_count(num_leaves: int) -> int:
+    """Instructions in the optimised HLO of the train step of a model with `num_leaves`
+    parameter arrays (x * (w_1 + ... + w_n), the sum as one reduction)."""
+
+    def apply_fn(params, x_t, t):
+        return x_t * jnp.sum(jnp.stack(list(params.values())), axis=0)[None, :]
+
+    params = {f"w{i:03d}": jnp.ones((3,), jnp.float32) for i in range(num_leaves)}
+    optimizer = make_optimizer(1e-3)
+    step = make_train_step(apply_fn, optimizer, make_schedule("linear", timesteps=10))
+    state = create_train_state(params, optimizer, jax.random.key(0))
+    text = step.lower(state, {"x": jnp.ones((4, 3), jnp.float32)}).compile().as_text()
+    return sum(1 for line in text.splitlines() if " = " in line)
+
+
+def test_the_compiled_step_grows_linearly_with_the_number_of_parameter_leaves():
+    """The skip-on-non-finite guard must not copy a per-leaf chain into every leaf's update.
+    It did, through a stack of per-leaf flags that XLA unrolled into an `and` chain and fused
+    into each consumer: 40 -> 80 leaves took the HLO from 22,669 to 69,229 instructions
+    (quadratic) and DDPMUnet's compile took 111 s on CPU instead of 18.5 s. Now 7,448 ->
+    13,168."""
+    small, large = _compiled_instruction_count(40), _compiled_instruction_count(80)
+    assert large / small < 2.5, (small, large)
+
+
 # --- your own model ------------------------------------------------------------------------------
 
 def _linear_apply(params, x_t, t):
