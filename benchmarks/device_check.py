@@ -7,8 +7,9 @@ Needs only jax, flax, optax and numpy (no TFDS, matplotlib, scikit-learn, ml_col
 the jaxdiff modules it imports do not import them). For each case — DDPMUnet (Ho et al.'s
 CIFAR-10 net, 35.7M) at batch 128 and 256 on 32x32x3, and the dim-64 Unet (1,2,4,8) on 64x64x3,
 each in bfloat16 compute (float32 parameters) and float32, then DDPMUnet at 256 in bf16 with
-`remat` (its memory and speed against the plain step) and at 512 in bf16 — it measures, compile
-time excluded:
+`remat` (its memory and speed against the plain step), at 512 in bf16, and at 256 in bf16 with
+the optimiser under `optax.flatten` (one vector instead of per-leaf kernels) — it measures,
+compile time excluded:
 
   train_img_per_s        the library's jitted train step (loss, grads, clipped AdamW, EMA;
                          state donated), median of `repeats` timed runs of `steps` steps
@@ -52,6 +53,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import jaxdiff
 from jaxdiff import sharding
@@ -71,16 +73,21 @@ PEAK_TFLOPS = {
     "TPU v5p": (459.0, 459.0), "TPU v6 lite": (918.0, 918.0), "TPU v6e": (918.0, 918.0),
 }
 
-FULL_CASES = [  # (name, model, batch, image size, dtypes, remat), in priority order
-    ("ddpm_unet_b128", "ddpm_unet", 128, 32, ("float32", "bfloat16"), False),
-    ("unet64_64px_b64", "unet", 64, 64, ("float32", "bfloat16"), False),
-    ("ddpm_unet_b256", "ddpm_unet", 256, 32, ("float32", "bfloat16"), False),
-    ("ddpm_unet_b256_remat", "ddpm_unet", 256, 32, ("bfloat16",), True),
-    ("ddpm_unet_b512", "ddpm_unet", 512, 32, ("bfloat16",), False),  # the fixed cost per step
+PLAIN, REMAT, FLAT = {}, {"remat": True}, {"flatten_optimizer": True}
+FULL_CASES = [  # (name, model, batch, image size, dtypes, run_case options), in priority order
+    ("ddpm_unet_b128", "ddpm_unet", 128, 32, ("float32", "bfloat16"), PLAIN),
+    ("unet64_64px_b64", "unet", 64, 64, ("float32", "bfloat16"), PLAIN),
+    ("ddpm_unet_b256", "ddpm_unet", 256, 32, ("float32", "bfloat16"), PLAIN),
+    ("ddpm_unet_b256_remat", "ddpm_unet", 256, 32, ("bfloat16",), REMAT),
+    ("ddpm_unet_b512", "ddpm_unet", 512, 32, ("bfloat16",), PLAIN),  # the fixed cost per step
+    # optax.flatten: clipping and AdamW on one concatenated vector instead of per leaf; A/B
+    # against ddpm_unet_b256_bfloat16 for the per-leaf optimiser kernels' share of that cost
+    ("ddpm_unet_b256_flat", "ddpm_unet", 256, 32, ("bfloat16",), FLAT),
 ]
 TINY_CASES = [
-    ("ddpm_unet_tiny", "ddpm_unet", 4, 4, ("float32", "bfloat16"), False),
-    ("unet_tiny", "unet", 4, 4, ("float32", "bfloat16"), False),
+    ("ddpm_unet_tiny", "ddpm_unet", 4, 4, ("float32", "bfloat16"), PLAIN),
+    ("unet_tiny", "unet", 4, 4, ("float32", "bfloat16"), PLAIN),
+    ("ddpm_unet_tiny_flat", "ddpm_unet", 4, 4, ("bfloat16",), FLAT),
 ]
 
 
@@ -175,7 +182,7 @@ def probe_params(params, key):
 
 
 def run_case(name, model_name, batch, size, dtype, args, mesh, reference_loss=None,
-             remat=False) -> dict:
+             remat=False, flatten_optimizer=False) -> dict:
     """Measure one (model, batch, dtype) case; returns its row."""
     model = build(model_name, dtype, args.tiny, remat)
     schedule = jaxdiff.make_schedule("cosine", 1000)
@@ -183,6 +190,8 @@ def run_case(name, model_name, batch, size, dtype, args, mesh, reference_loss=No
     x0 = jax.random.uniform(jax.random.key(1), shape, jnp.float32, -1.0, 1.0)
     params = jax.jit(model.init)(jax.random.key(0), x0[:1], jnp.zeros((1,), jnp.int32))
     optimizer = make_optimizer(1e-4, grad_clip=1.0)
+    if flatten_optimizer:
+        optimizer = optax.flatten(optimizer)
     step = make_train_step(LinenApply(model), optimizer, schedule,
                            loss_kwargs=dict(objective="pred_noise"), takes_key=True, mesh=mesh)
     state = sharding.put_replicated(
@@ -247,6 +256,7 @@ def run_case(name, model_name, batch, size, dtype, args, mesh, reference_loss=No
     sample_tflops = None if sample_flops is None else sample_flops * sample_rate / batch / 1e12
     row = {
         "case": name, "model": model_name, "dtype": dtype, "batch": batch, "remat": remat,
+        "flatten_optimizer": flatten_optimizer,
         "image_size": size, "params": int(sum(p.size for p in jax.tree.leaves(params))),
         "train_img_per_s": round(train_rate, 2),
         "train_img_per_s_runs": [round(r, 2) for r in rates],
@@ -336,8 +346,8 @@ def main(argv=None) -> int:
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "tiny": args.tiny,
               "loss_tolerance": LOSS_TOLERANCE, "xla_flags": os.environ.get("XLA_FLAGS", "")}
     rows, failures = [], []
-    for name, model_name, batch, size, dtypes, remat in (TINY_CASES if args.tiny
-                                                         else FULL_CASES):
+    for name, model_name, batch, size, dtypes, options in (TINY_CASES if args.tiny
+                                                           else FULL_CASES):
         reference = None
         for dtype in dtypes:
             if args.cases and not {name, f"{name}_{dtype}"} & set(args.cases.split(",")):
@@ -347,7 +357,7 @@ def main(argv=None) -> int:
                 continue
             try:
                 row = run_case(name, model_name, batch, size, dtype, args, mesh, reference,
-                               remat)
+                               **options)
             except Exception as error:  # noqa: BLE001 - recorded, the other cases still run
                 failures.append(f"{name} {dtype}: {type(error).__name__}: {error}")
                 rows.append({"case": name, "dtype": dtype,

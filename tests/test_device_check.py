@@ -27,19 +27,24 @@ def test_device_check_tiny_runs_without_the_optional_libraries(tmp_path):
     rows = report["rows"]
     assert [(r["case"], r["dtype"]) for r in rows] == [
         ("ddpm_unet_tiny", "float32"), ("ddpm_unet_tiny", "bfloat16"),
-        ("unet_tiny", "float32"), ("unet_tiny", "bfloat16")]
+        ("unet_tiny", "float32"), ("unet_tiny", "bfloat16"), ("ddpm_unet_tiny_flat", "bfloat16")]
     for row in rows:
         assert "skipped" not in row, row
         assert row["train_img_per_s"] > 0 and row["sample_img_steps_per_s"] > 0
         assert row["train_flops_per_step"] > 0 and row["train_memory"]["temp_size_in_bytes"] > 0
         # the optimised HLO was read: fusions found (XLA CPU leaves no elementwise op unfused)
         assert row["train_hlo"]["fusions"] > 0 and row["train_hlo"]["unfused_elementwise"] >= 0
-    for row in rows[1::2]:  # bf16 against float32, on parameters that shape the output
+    for row in rows[1::2] + rows[4:]:  # bf16 against float32, on parameters that shape the output
         assert 0 < row["loss_vs_float32"] < report["header"]["loss_tolerance"]
         assert row["loss_matches_float32"]
+    # the flattened optimiser: same network and probe, one vector instead of per-leaf updates
+    plain, flat = rows[1], rows[4]
+    assert flat["flatten_optimizer"] and not plain["flatten_optimizer"]
+    assert flat["probe_loss"] == plain["probe_loss"]
+    assert flat["train_hlo"]["fusions"] < plain["train_hlo"]["fusions"], (plain, flat)
     assert report["header"]["failures"] == []
     table = (out / "device_check.md").read_text()
-    assert table.count("\n| ") == 5 and "ddpm_unet_tiny" in table
+    assert table.count("\n| ") == 6 and "ddpm_unet_tiny_flat" in table
 
 
 def test_hlo_fusion_report_counts_only_unfused_elementwise_ops():
@@ -112,3 +117,24 @@ def test_model_flops_counts_matmuls_and_convolutions_by_closed_form():
     block = nn.remat(nn.Dense)(4)
     params = block.init(jax.random.key(0), jnp.ones((2, 5)))
     assert model_flops(block.apply, params, jnp.ones((2, 5))) == 2 * 2 * 5 * 4
+
+
+def test_compile_time_reports_the_train_step_it_compiled():
+    """benchmarks/compile_time.py at a tiny size: the leaf count is the model's (counted here
+    from its abstract parameters), the timings and HLO counts are positive."""
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from compile_time import main
+
+    result = main(["--dim", "8", "--dim_mults", "1", "--image_size", "8", "--batch", "2"])
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdiff.models import Unet
+
+    params = jax.eval_shape(Unet(dim=8, dim_mults=(1,), channels=1).init, jax.random.key(0),
+                            jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32))
+    assert result["parameter_leaves"] == len(jax.tree.leaves(params))
+    assert result["compile_s"] > 0 and result["lower_s"] > 0
+    assert 0 < result["hlo_instructions"] <= result["hlo_lines"]
