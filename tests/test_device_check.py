@@ -124,15 +124,15 @@ def test_compile_time_reports_the_train_step_it_compiled():
     from its abstract parameters), the timings and HLO counts are positive."""
     import sys
 
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    from compile_time import main
-
-    result = main(["--dim", "8", "--dim_mults", "1", "--image_size", "8", "--batch", "2"])
     import jax
     import jax.numpy as jnp
 
     from jaxdiff.models import Unet
 
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from compile_time import main
+
+    result = main(["--dim", "8", "--dim_mults", "1", "--image_size", "8", "--batch", "2"])
     params = jax.eval_shape(Unet(dim=8, dim_mults=(1,), channels=1).init, jax.random.key(0),
                             jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32))
     assert result["parameter_leaves"] == len(jax.tree.leaves(params))
