@@ -138,3 +138,33 @@ def test_compile_time_reports_the_train_step_it_compiled():
     assert result["parameter_leaves"] == len(jax.tree.leaves(params))
     assert result["compile_s"] > 0 and result["lower_s"] > 0
     assert 0 < result["hlo_instructions"] <= result["hlo_lines"]
+
+
+def test_conv_census_finds_every_spatial_convolution_of_the_unet(tmp_path):
+    """benchmarks/conv_census.py at a tiny size: one row per 3x3 / 7x7 kernel of the model
+    (counted here from its abstract parameters; Conv1x1 runs as a matrix product), shapes that
+    chain with the kernels, positive times, and the rows written for the torch mode."""
+    import json
+    import sys
+
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdiff.models import Unet
+
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from conv_census import main
+
+    out = tmp_path / "convs.json"
+    result = main(["--dim", "8", "--dim_mults", "1,2", "--image_size", "8", "--batch", "2",
+                   "--repeats", "1", "--out", str(out)])
+    params = jax.eval_shape(Unet(dim=8, dim_mults=(1, 2), channels=1).init, jax.random.key(0),
+                            jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32))
+    spatial = [leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+               if path[-1].key == "kernel" and leaf.ndim == 4 and leaf.shape[0] > 1]
+    assert result["convolutions"] == len(spatial) == len(result["rows"])
+    assert sorted(tuple(r["w"]) for r in result["rows"]) == sorted(spatial)
+    for row in result["rows"]:
+        assert row["x"][0] == 2 and row["x"][-1] == row["w"][2]
+        assert 0 < row["xla_fwd_ms"] < row["xla_fwd_bwd_ms"]
+    assert json.loads(out.read_text()) == result["rows"]
