@@ -4,16 +4,17 @@
         --batch 64 --out /tmp/convs.json
     /work/torchvenv/bin/python benchmarks/conv_census.py --torch /tmp/convs.json
 
-The first command (jax) lists the `conv_general_dilated` calls of the model's forward pass, from
-its jaxpr, with their input and kernel shapes, and times each one alone under jaxdiff's `jit`:
-forward, and forward plus backward (input and kernel gradients). The second (torch's venv; it
+The first command (jax) takes throughput.py's model flags (`--model ddpm_unet` too), lists the
+`conv_general_dilated` calls of the model's forward pass, from its jaxpr, with their input and
+kernel shapes, and times each one alone in float32 under jaxdiff's `jit`: forward, and forward
+plus backward (input and kernel gradients). The second (torch's venv; it
 imports neither jax nor jaxdiff) times the same shapes with `torch.nn.Conv2d` in NCHW. Each
 prints one JSON line; the totals say how much of a train step the convolutions take in each
 library, which a profile of the whole step does not show (XLA:CPU's trace events for
 convolution thunks do not carry their run time; benchmarks/RESULTS.md).
 
-Times are medians of `--repeats` calls on random inputs; a forward-plus-backward figure
-includes its own forward.
+Times are medians of `--calls` calls on random inputs; a forward-plus-backward figure includes
+its own forward.
 """
 
 from __future__ import annotations
@@ -112,50 +113,41 @@ def time_torch(rows: list[dict], repeats: int, threads: int | None) -> list[dict
     return rows
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
+    """This script's own flags, and the rest (throughput.py's model flags, jax mode only)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dim", type=int, default=32)
-    parser.add_argument("--dim_mults", default="1,2,2")
-    parser.add_argument("--image_size", type=int, default=28)
-    parser.add_argument("--channels", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--resnet_block_groups", type=int, default=8,
-                        help="GroupNorm groups, 0 for RMSNorm (the convolutions are the same)")
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--calls", type=int, default=15, help="timed calls per convolution")
     parser.add_argument("--out", help="write the per-convolution rows here (jax mode)")
     parser.add_argument("--torch", metavar="JSON",
                         help="torch mode: time the shapes in this file (written by --out)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    args = parser.parse_args(argv)
-    try:
-        args.dim_mults = tuple(int(m) for m in args.dim_mults.split(","))
-    except ValueError:
-        parser.error(f"--dim_mults={args.dim_mults!r} must be comma-separated integers")
-    if args.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    return args
+    args, rest = parser.parse_known_args(argv)
+    if args.calls < 1:
+        parser.error(f"--calls must be >= 1, got {args.calls}")
+    if args.torch and rest:
+        parser.error(f"--torch takes the shapes from its file, not model flags: {rest}")
+    return args, rest
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    args, model_argv = parse_args(argv)
     if args.torch:
         with open(args.torch) as f:
             rows = json.load(f)
-        rows = time_torch(rows, args.repeats, args.threads)
+        rows = time_torch(rows, args.calls, args.threads)
         result = {"framework": "torch", "convolutions": len(rows), **_totals(rows, "xla"),
                   **_totals(rows, "torch"), "rows": rows}
     else:
-        from jaxdiff.models import Unet
+        from throughput import build_model, parse_args as model_args  # imports jax
 
-        model = Unet(dim=args.dim, dim_mults=args.dim_mults, channels=args.channels,
-                     resnet_block_groups=args.resnet_block_groups or None)
-        rows = time_xla(conv_shapes(model, args.image_size, args.channels, args.batch),
-                        args.repeats)
+        model_flags = model_args(model_argv)
+        rows = time_xla(conv_shapes(build_model(model_flags), model_flags.image_size,
+                                    model_flags.channels, model_flags.batch), args.calls)
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(rows, f)
-        result = {"framework": "jaxdiff", "convolutions": len(rows), **_totals(rows, "xla"),
-                  "rows": rows}
+        result = {"framework": "jaxdiff", "model": model_flags.model,
+                  "convolutions": len(rows), **_totals(rows, "xla"), "rows": rows}
     print(json.dumps(result))
     return result
 

@@ -157,7 +157,7 @@ def test_conv_census_finds_every_spatial_convolution_of_the_unet(tmp_path):
 
     out = tmp_path / "convs.json"
     result = main(["--dim", "8", "--dim_mults", "1,2", "--image_size", "8", "--batch", "2",
-                   "--repeats", "1", "--out", str(out)])
+                   "--calls", "1", "--out", str(out)])
     params = jax.eval_shape(Unet(dim=8, dim_mults=(1, 2), channels=1).init, jax.random.key(0),
                             jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32))
     spatial = [leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(params)
